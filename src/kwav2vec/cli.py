@@ -1,0 +1,58 @@
+"""The `kwav2vec` command: one entry point, a subcommand per job.
+
+Training subcommands (`pretrain`, `finetune`) are LightningCLI programs; the others are small argparse
+programs. Each subcommand lives in its own module and is imported only when it runs, so
+`kwav2vec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def register(name: str, module: str, help_text: str) -> None:
+    SUBCOMMANDS[name] = (module, help_text)
+
+
+register("normalize", "kwav2vec.text.cli", "normalize transcripts and show jamo/syllable tokens")
+
+
+def usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = [
+        "usage: kwav2vec <command> [options]",
+        "",
+        "Korean speech recognition with wav2vec 2.0.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "Run `kwav2vec <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from kwav2vec import __version__
+
+        print(f"kwav2vec {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"kwav2vec: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    code = module.main(rest)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
