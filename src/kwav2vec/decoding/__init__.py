@@ -1,0 +1,22 @@
+"""Decoders for CTC heads: greedy, pyctcdecode beam search, and the joint grapheme–syllable decoder."""
+
+from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis
+from kwav2vec.decoding.greedy import best_path_ids, greedy_decode
+from kwav2vec.decoding.joint import JointConfig, JointDecoder, rescore_nbest, union_nbest
+from kwav2vec.decoding.scoring import PackedTargets, ctc_log_likelihood, ctc_log_likelihood_heads, pack_targets
+
+__all__ = [
+    "BeamSearchConfig",
+    "BeamSearchDecoder",
+    "Hypothesis",
+    "JointConfig",
+    "JointDecoder",
+    "PackedTargets",
+    "best_path_ids",
+    "ctc_log_likelihood",
+    "ctc_log_likelihood_heads",
+    "greedy_decode",
+    "pack_targets",
+    "rescore_nbest",
+    "union_nbest",
+]
