@@ -23,8 +23,11 @@ from kwav2vec.text.vocab import Vocabulary
 # A small alphabet makes collisions (and so matches, substitutions and spacing variants) likely.
 korean = st.text(alphabet="가나다라 ", max_size=20)
 non_empty_korean = korean.filter(lambda s: s.strip())
-corpora = st.integers(1, 4).flatmap(lambda n: st.tuples(st.lists(non_empty_korean, min_size=n, max_size=n),
-                                                         st.lists(korean, min_size=n, max_size=n)))
+corpora = st.integers(1, 4).flatmap(
+    lambda n: st.tuples(
+        st.lists(non_empty_korean, min_size=n, max_size=n), st.lists(korean, min_size=n, max_size=n)
+    )
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -62,8 +65,11 @@ def espnet_space_normalize(ref: str, hyp: str) -> str:
     for h in range(1, hlen + 1):
         score[h][0] = h
         for r in range(1, rlen + 1):
-            score[h][r] = min(score[h - 1][r - 1] + (plain[0][h - 1] != plain[1][r - 1]),
-                              score[h - 1][r] + 1, score[h][r - 1] + 1)
+            score[h][r] = min(
+                score[h - 1][r - 1] + (plain[0][h - 1] != plain[1][r - 1]),
+                score[h - 1][r] + 1,
+                score[h][r - 1] + 1,
+            )
     out, h, r = [], hlen, rlen
     while h > 0 or r > 0:
         if h == 0:
@@ -116,7 +122,9 @@ def test_swer_is_at_most_wer_for_pure_spacing_errors():
 @settings(max_examples=150, deadline=None)
 @given(non_empty_korean, korean)
 def test_space_normalize_matches_espnet_transcription(ref, hyp):
-    assert space_normalize(ref, hyp) == espnet_space_normalize(normalize_for_scoring(ref), normalize_for_scoring(hyp))
+    assert space_normalize(ref, hyp) == espnet_space_normalize(
+        normalize_for_scoring(ref), normalize_for_scoring(hyp)
+    )
     # only spacing changes, never characters
     assert space_normalize(ref, hyp).replace(" ", "") == hyp.replace(" ", "")
 

@@ -14,7 +14,11 @@ PHONETIC = NormalizerConfig(form="phonetic")
 # raw KsponSpeech-style line, expected spelling form, expected phonetic form
 KSPON_TABLE = [
     # the KoSpeech README example: noise tags, filler, repetition, dual transcription with "%"
-    ("b/ 아/ 모+ 몬 소리야 (70%)/(칠 십 퍼센트) 확률이라니 n/", "아 모 몬 소리야 70 확률이라니", "아 모 몬 소리야 칠 십 퍼센트 확률이라니"),
+    (
+        "b/ 아/ 모+ 몬 소리야 (70%)/(칠 십 퍼센트) 확률이라니 n/",
+        "아 모 몬 소리야 70 확률이라니",
+        "아 모 몬 소리야 칠 십 퍼센트 확률이라니",
+    ),
     ("(3시)/(세 시)에 만나자.", "3시에 만나자", "세 시에 만나자"),
     ("o/ (SNS)/(에스 엔 에스)*에 올렸어?", "SNS에 올렸어", "에스 엔 에스에 올렸어"),
     ("l/ 진짜? 웃기다 l/", "진짜 웃기다", "진짜 웃기다"),
@@ -162,3 +166,41 @@ def test_output_is_clean_or_rejected(line):
     assert text and text == unicodedata.normalize("NFC", text)
     assert text == " ".join(text.split())
     assert not any(unicodedata.category(c)[0] in "PSC" for c in text)
+
+
+def test_cli_prints_one_line_per_input_line(tmp_path, capsys):
+    from kwav2vec.text.cli import main
+
+    source = tmp_path / "lines.txt"
+    source.write_text("b/ (3시)/(세 시)에 만나.\n漢字\n\n(SNS)/(에스 엔 에스)\n", encoding="cp949")
+    assert main([str(source), "--encoding", "cp949"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0] == "세 시에 만나"
+    assert lines[1].startswith(f"REJECTED[unsupported] {source}:2:") and "'漢'" in lines[1]
+    assert lines[2].startswith("REJECTED[empty]")
+    assert lines[3] == "에스 엔 에스"
+    assert "4 lines, 2 rejected" in out.err
+
+    assert (
+        main(
+            [str(source), "--encoding", "cp949", "--form", "spelling", "--latin", "drop", "--output", "jamo"]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "3 ᄉ ᅵ ᄋ ᅦ | ᄆ ᅡ ᆫ ᄂ ᅡ"
+    assert lines[3].startswith("REJECTED[latin]")
+
+
+def test_cli_trn_lines_keep_their_id_and_bad_encoding_names_the_line(tmp_path, capsys):
+    from kwav2vec.text.cli import main
+
+    trn = tmp_path / "train.trn"
+    trn.write_text("KsponSpeech_000001.pcm :: 가나 다\n", encoding="utf-8")
+    assert main([str(trn), "--trn", "--output", "syllables"]) == 0
+    assert capsys.readouterr().out == "KsponSpeech_000001.pcm :: 가 나 | 다\n"
+    cp949 = tmp_path / "cp949.txt"
+    cp949.write_bytes("안녕\n".encode("cp949"))
+    assert main([str(cp949)]) == 2
+    assert f"{cp949}:1: not valid utf-8" in capsys.readouterr().err

@@ -86,7 +86,9 @@ def test_json_round_trip_keeps_ids(tmp_path, make):
 
 def test_load_rejects_bad_files(tmp_path):
     bad_specials = tmp_path / "bad.json"
-    bad_specials.write_text(json.dumps({"format_version": 1, "kind": "syllable", "tokens": ["|", "<unk>", "<blank>"]}))
+    bad_specials.write_text(
+        json.dumps({"format_version": 1, "kind": "syllable", "tokens": ["|", "<unk>", "<blank>"]})
+    )
     with pytest.raises(ValueError, match="first tokens"):
         Vocabulary.load(bad_specials)
     not_json = tmp_path / "broken.json"

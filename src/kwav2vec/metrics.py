@@ -40,14 +40,18 @@ def _pairs(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[str, str]]:
     if len(refs) == 0:
         raise ValueError("no references to score")
     pairs = []
-    for i, (ref, hyp) in enumerate(zip(refs, hyps)):
+    for i, (ref, hyp) in enumerate(zip(refs, hyps, strict=True)):
         if not isinstance(ref, str) or not isinstance(hyp, str):
-            raise TypeError(f"utterance {i}: expected str reference and hypothesis, got "
-                            f"{type(ref).__name__} and {type(hyp).__name__}")
+            raise TypeError(
+                f"utterance {i}: expected str reference and hypothesis, got "
+                f"{type(ref).__name__} and {type(hyp).__name__}"
+            )
         ref, hyp = normalize_for_scoring(ref), normalize_for_scoring(hyp)
         if not ref:
-            raise ValueError(f"utterance {i}: the reference is empty, its error rate is undefined "
-                             f"(hypothesis {hyp!r}); remove it from the test set")
+            raise ValueError(
+                f"utterance {i}: the reference is empty, its error rate is undefined "
+                f"(hypothesis {hyp!r}); remove it from the test set"
+            )
         pairs.append((ref, hyp))
     return pairs
 
@@ -119,7 +123,10 @@ def space_normalize(ref: str, hyp: str) -> str:
         else:
             r -= 1
     # Whatever is left (h > 0 xor r > 0) is pure insertions or deletions: spacing unchanged.
-    return "".join((" " if start and i else "") + char for i, (char, start) in enumerate(zip(hyp_chars, starts)))
+    return "".join(
+        (" " if start and i else "") + char
+        for i, (char, start) in enumerate(zip(hyp_chars, starts, strict=True))
+    )
 
 
 def _char_tokens(text: str) -> tuple[list[str], list[bool]]:
@@ -143,7 +150,9 @@ def jamo_error_rate(refs: Sequence[str], hyps: Sequence[str], *, keep_spaces: bo
     return _rate([(decompose(join(ref.split())), decompose(join(hyp.split()))) for ref, hyp in pairs])
 
 
-def oov_recovery_counts(refs: Sequence[str], hyps: Sequence[str], known_syllables: Collection[str] | Vocabulary) -> tuple[int, int]:
+def oov_recovery_counts(
+    refs: Sequence[str], hyps: Sequence[str], known_syllables: Collection[str] | Vocabulary
+) -> tuple[int, int]:
     """(recovered, total) reference occurrences of syllables outside `known_syllables`.
 
     An occurrence is recovered when a minimum-edit character alignment (spaces included, as
@@ -164,7 +173,9 @@ def oov_recovery_counts(refs: Sequence[str], hyps: Sequence[str], known_syllable
     return recovered, total
 
 
-def oov_recovery(refs: Sequence[str], hyps: Sequence[str], known_syllables: Collection[str] | Vocabulary) -> float:
+def oov_recovery(
+    refs: Sequence[str], hyps: Sequence[str], known_syllables: Collection[str] | Vocabulary
+) -> float:
     """Share of reference syllables unseen in training (not in `known_syllables`) recognised correctly.
 
     `known_syllables` is typically the training syllable vocabulary (a `Vocabulary` or its

@@ -122,7 +122,9 @@ def normalize(line: str, config: NormalizerConfig = NormalizerConfig()) -> Norma
     line that is empty after normalization (e.g. only noise tags). The message quotes the line.
     """
     if not isinstance(line, str):
-        raise TranscriptError("not-a-string", f"expected a transcript string, got {type(line).__name__}: {line!r:.80}")
+        raise TranscriptError(
+            "not-a-string", f"expected a transcript string, got {type(line).__name__}: {line!r:.80}"
+        )
     changes: list[str] = []
     try:
         text = _normalize(line, config, changes)
@@ -174,7 +176,9 @@ def _resolve_dual(text: str, config: NormalizerConfig, changes: list[str]) -> st
         text = resolved
     leftover = sorted({c for c in text if c in "()"})
     if leftover:
-        raise _Rejected("malformed", f"unpaired {' '.join(leftover)} in dual transcription markup", config.malformed)
+        raise _Rejected(
+            "malformed", f"unpaired {' '.join(leftover)} in dual transcription markup", config.malformed
+        )
     return text
 
 

@@ -68,7 +68,9 @@ class Vocabulary:
                 raise ValueError(f"text {i} is {type(text).__name__}, expected str")
             counts.update(c for c in text if not c.isspace())
         if WORD_BOUNDARY in counts:
-            raise ValueError(f"texts contain the word-boundary symbol {WORD_BOUNDARY!r}; normalize them first")
+            raise ValueError(
+                f"texts contain the word-boundary symbol {WORD_BOUNDARY!r}; normalize them first"
+            )
         kept = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
         return cls(kept, "syllable", {c: counts[c] for c in kept})
 
@@ -168,7 +170,12 @@ class Vocabulary:
     # --- persistence --------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "kind": self._kind, "tokens": self._tokens, "counts": self.counts}
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": self._kind,
+            "tokens": self._tokens,
+            "counts": self.counts,
+        }
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> Vocabulary:
@@ -178,14 +185,18 @@ class Vocabulary:
         except (KeyError, TypeError) as error:
             raise ValueError(f"{source}: not a kwav2vec vocabulary (missing {error})") from None
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{source}: unsupported vocabulary format_version {data.get('format_version')!r}")
+            raise ValueError(
+                f"{source}: unsupported vocabulary format_version {data.get('format_version')!r}"
+            )
         if list(tokens[: len(SPECIALS)]) != list(SPECIALS):
             raise ValueError(f"{source}: first tokens must be {list(SPECIALS)}, got {list(tokens[:3])}")
         return cls(tokens[len(SPECIALS) :], kind, data.get("counts") or {})
 
     def save(self, path: str | Path) -> None:
         """Write JSON (UTF-8, characters unescaped so the file is readable)."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        Path(path).write_text(
+            json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
