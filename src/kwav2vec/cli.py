@@ -19,6 +19,7 @@ def register(name: str, module: str, help_text: str) -> None:
 
 
 register("normalize", "kwav2vec.text.cli", "normalize transcripts and show jamo/syllable tokens")
+register("prepare", "kwav2vec.data.prepare_cli", "check a corpus and write its manifest, rejects, report and vocabularies")
 
 
 def usage() -> str:

@@ -1,0 +1,34 @@
+"""Zeroth-Korean (OpenSLR 40): FLAC audio with one `<speaker>_<chapter>.trans.txt` per folder,
+lines `<utterance_id> <transcript>`; audio is `<utterance_id>.flac` beside it.
+
+    train_data_01/003/106/106_003.trans.txt, 106_003_0000.flac, ...
+    test_data_01/...
+
+Split "train" / "test" selects `train_data_01` / `test_data_01` when SRC holds them; otherwise (or
+for any other split name) every `.trans.txt` under SRC is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from kwav2vec.data.prepare import Candidate, read_text_file
+
+
+def zeroth_candidates(src: str | os.PathLike, split: str = "train") -> Iterator[Candidate]:
+    src = Path(src)
+    if (src / f"{split}_data_01").is_dir():
+        src = src / f"{split}_data_01"
+    for trans in sorted(src.rglob("*.trans.txt")):
+        text, _ = read_text_file(trans)
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            uid, _, transcript = line.strip().partition(" ")
+            if not transcript.strip():
+                # Keep it: the preparer rejects it as transcript:missing, so it is counted.
+                yield Candidate(uid, str((trans.parent / f"{uid}.flac").absolute()))
+                continue
+            yield Candidate(uid, str((trans.parent / f"{uid}.flac").absolute()), text=transcript)

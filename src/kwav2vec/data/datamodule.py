@@ -1,0 +1,267 @@
+"""LightningDataModules for pretraining (audio only) and fine-tuning (audio + jamo + syllables).
+
+Both batch by total padded samples with length bucketing (`BucketBatchSampler`), shard batches
+over ranks themselves (so run the Trainer with `use_distributed_sampler=False`; the `kwav2vec`
+CLI does), and resume mid-epoch from a checkpoint (see `kwav2vec.data.loader`). Files that fail to
+load are skipped and counted: read `skipped` / `skipped_reasons` here, or `len(batch["skipped"])`
+per batch, to log them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+
+from kwav2vec.data.collate import collate_audio, collate_labeled
+from kwav2vec.data.dataset import RECEPTIVE_FIELD, SAMPLES_PER_FRAME, AudioDataset, LabeledAudioDataset
+from kwav2vec.data.loader import ResumableDataLoader
+from kwav2vec.data.manifest import GRAPHEME_VOCAB_FILE, SYLLABLE_VOCAB_FILE, read_manifest
+from kwav2vec.data.sampler import BucketBatchSampler
+from kwav2vec.text.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+class _BucketedDataModule(pl.LightningDataModule):
+    """Shared loader plumbing: samplers, resumable train loader, skip counters, checkpoint state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, AudioDataset] = {}
+        self._loaders: dict[str, ResumableDataLoader] = {}
+        self._pending_train_state: dict | None = None
+
+    # subclasses: self.hparams holds the __init__ arguments; _collate is the batch builder
+    _collate = staticmethod(collate_audio)
+
+    def _loader(self, split: str, train: bool) -> ResumableDataLoader:
+        hp = self.hparams
+        dataset = self.datasets[split]
+        sampler = BucketBatchSampler(
+            dataset.lengths,
+            hp.max_samples_per_batch,
+            max_batch_size=hp.max_batch_size,
+            bucketing=hp.bucketing,
+            shuffle=hp.shuffle and train,
+            seed=hp.seed,
+            rank=hp.rank,
+            world_size=hp.world_size,
+            uneven=hp.uneven,
+        )
+        loader = ResumableDataLoader(
+            dataset,
+            sampler,
+            self._collate,
+            # Validation crops (pretraining) stay the same every epoch so the loss is comparable.
+            pass_epoch=train,
+            name=split,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0,
+        )
+        if train and self._pending_train_state is not None:
+            loader.load_state_dict(self._pending_train_state)
+            self._pending_train_state = None
+        self._loaders[split] = loader
+        return loader
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> ResumableDataLoader | list:
+        return self._loader("val", train=False) if "val" in self.datasets else []
+
+    # -- skip accounting ------------------------------------------------------------------------
+    @property
+    def skipped(self) -> int:
+        """Utterances dropped from batches because their file failed to load (all loaders)."""
+        return sum(loader.skipped for loader in self._loaders.values())
+
+    @property
+    def skipped_reasons(self) -> Counter:
+        total: Counter[str] = Counter()
+        for loader in self._loaders.values():
+            total.update(loader.skipped_reasons)
+        return total
+
+    @property
+    def filtered(self) -> dict[str, Counter]:
+        """Utterances left out at construction (too short/long, CTC-infeasible), per split."""
+        return {split: ds.filtered for split, ds in self.datasets.items()}
+
+    # -- checkpoint state (restored before configure_optimizers, see kwav2vec.data.loader) -------
+    def state_dict(self) -> dict:
+        loader = self._loaders.get("train")
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = state_dict.get("train_loader")
+        if state is None:
+            return
+        if "train" in self._loaders:
+            self._loaders["train"].load_state_dict(state)
+        else:
+            self._pending_train_state = state
+
+
+class PretrainDataModule(_BucketedDataModule):
+    """Unlabeled audio for wav2vec 2.0 pretraining.
+
+    Args:
+        train_manifest: JSONL manifest of the training audio.
+        val_manifest: optional JSONL manifest for validation.
+        audio_root: folder relative audio paths are resolved against (default: each manifest's folder).
+        max_samples_per_batch: padded samples per batch per device (fairseq `max_tokens`;
+            BASE used 1.4 M samples per GPU).
+        max_sample_size: longer utterances are randomly cropped to this many samples (fairseq
+            `max_sample_size`, 250 k = 15.6 s).
+        min_sample_size: shorter utterances are left out (fairseq `min_sample_size`, 32 k = 2 s);
+            never below `receptive_field`.
+        max_batch_size: optional cap on utterances per batch.
+        normalize: zero-mean unit-variance per utterance; must match the model config's `normalize`
+            (False for BASE, True for LARGE).
+        bucketing: batch utterances of similar length (False: random batches).
+        shuffle: shuffle the order of training batches every epoch.
+        seed: seeds batch packing, epoch shuffles and crops.
+        uneven: when batches do not divide over ranks, "pad" repeats a few, "drop" leaves a few out.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader pin_memory (for GPU training).
+        rank: this process's rank (default: from torch.distributed when initialised, else 0).
+        world_size: number of processes (default: from torch.distributed when initialised, else 1).
+        receptive_field: samples the conv front end needs for one frame (400 for the standard stack).
+    """
+
+    def __init__(
+        self,
+        train_manifest: str,
+        val_manifest: str | None = None,
+        audio_root: str | None = None,
+        max_samples_per_batch: int = 1_400_000,
+        max_sample_size: int = 250_000,
+        min_sample_size: int = 32_000,
+        max_batch_size: int | None = None,
+        normalize: bool = False,
+        bucketing: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        uneven: Literal["pad", "drop"] = "pad",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        receptive_field: int = RECEPTIVE_FIELD,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        for split, manifest in (("train", hp.train_manifest), ("val", hp.val_manifest)):
+            if manifest is None or split in self.datasets:
+                continue
+            self.datasets[split] = AudioDataset(
+                read_manifest(manifest, audio_root=hp.audio_root),
+                max_sample_size=hp.max_sample_size,
+                min_sample_size=hp.min_sample_size,
+                crop=True,
+                normalize=hp.normalize,
+                seed=hp.seed,
+                receptive_field=hp.receptive_field,
+                name=f"{split} ({manifest})",
+            )
+
+
+class FinetuneDataModule(_BucketedDataModule):
+    """Transcribed audio with grapheme (jamo) and syllable targets for hierarchical CTC fine-tuning.
+
+    Args:
+        train_manifest: JSONL manifest with `norm` transcripts.
+        val_manifest: optional validation manifest.
+        test_manifest: optional test manifest.
+        grapheme_vocab: vocabulary JSON (default: `vocab_grapheme.json` beside the train manifest).
+        syllable_vocab: vocabulary JSON (default: `vocab_syllable.json` beside the train manifest).
+        audio_root: folder relative audio paths are resolved against (default: each manifest's folder).
+        max_samples_per_batch: padded samples per batch per device (fairseq `max_tokens`; 3.2 M
+            in fairseq's BASE fine-tuning recipes).
+        max_sample_size: longer utterances are left out (labeled audio is never cropped).
+        min_sample_size: shorter utterances are left out; never below `receptive_field`.
+        max_batch_size: optional cap on utterances per batch.
+        normalize: zero-mean unit-variance per utterance, as the model config's `normalize`.
+        bucketing: batch utterances of similar length (False: random batches).
+        shuffle: shuffle the order of training batches every epoch.
+        seed: seeds batch packing and epoch shuffles.
+        uneven: when batches do not divide over ranks, "pad" repeats a few, "drop" leaves a few out.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader pin_memory (for GPU training).
+        rank: this process's rank (default: from torch.distributed when initialised, else 0).
+        world_size: number of processes (default: from torch.distributed when initialised, else 1).
+        samples_per_frame: conv encoder stride in samples (320 = 20 ms); with `receptive_field`
+            it decides which transcripts are too long for their audio under CTC (left out, counted).
+        receptive_field: samples the conv front end needs for one frame (400 for the standard stack).
+    """
+
+    _collate = staticmethod(collate_labeled)
+
+    def __init__(
+        self,
+        train_manifest: str,
+        val_manifest: str | None = None,
+        test_manifest: str | None = None,
+        grapheme_vocab: str | None = None,
+        syllable_vocab: str | None = None,
+        audio_root: str | None = None,
+        max_samples_per_batch: int = 3_200_000,
+        max_sample_size: int = 480_000,
+        min_sample_size: int = RECEPTIVE_FIELD,
+        max_batch_size: int | None = None,
+        normalize: bool = False,
+        bucketing: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        uneven: Literal["pad", "drop"] = "pad",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        samples_per_frame: int = SAMPLES_PER_FRAME,
+        receptive_field: int = RECEPTIVE_FIELD,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        folder = Path(train_manifest).parent
+        # Loaded now (small files) so the model can size its heads from the datamodule.
+        self.grapheme_vocab = Vocabulary.load(grapheme_vocab or folder / GRAPHEME_VOCAB_FILE)
+        self.syllable_vocab = Vocabulary.load(syllable_vocab or folder / SYLLABLE_VOCAB_FILE)
+
+    @property
+    def num_graphemes(self) -> int:
+        return len(self.grapheme_vocab)
+
+    @property
+    def num_syllables(self) -> int:
+        return len(self.syllable_vocab)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        splits = (("train", hp.train_manifest), ("val", hp.val_manifest), ("test", hp.test_manifest))
+        for split, manifest in splits:
+            if manifest is None or split in self.datasets:
+                continue
+            self.datasets[split] = LabeledAudioDataset(
+                read_manifest(manifest, audio_root=hp.audio_root, require_norm=True),
+                self.grapheme_vocab,
+                self.syllable_vocab,
+                max_sample_size=hp.max_sample_size,
+                min_sample_size=hp.min_sample_size,
+                normalize=hp.normalize,
+                samples_per_frame=hp.samples_per_frame,
+                receptive_field=hp.receptive_field,
+                name=f"{split} ({manifest})",
+            )
+
+    def test_dataloader(self) -> ResumableDataLoader | list:
+        return self._loader("test", train=False) if "test" in self.datasets else []

@@ -1,0 +1,210 @@
+"""Datasets over a manifest: audio only (pretraining) and audio + grapheme/syllable targets
+(fine-tuning).
+
+Filtering happens once, at construction, from the manifest alone (no audio is read): too short for
+the conv front end, too long, and (fine-tuning) targets the audio cannot carry under CTC. Every
+filtered utterance is counted by reason in `filtered` and summarised in the log.
+
+A file that fails to load while training is not fatal: `__getitem__` returns a `SkippedItem` that
+names the file and the reason, the collate function drops it and lists it under the batch's
+`skipped` key, and `ResumableDataLoader` logs and counts it in the main process (worker processes
+have their own copies of the dataset, so counters kept here only see the items this process
+loaded; they are exact with num_workers=0).
+
+Items are looked up by index or by `(index, epoch)`: the random crop of pretraining is drawn from
+a generator seeded by (seed, epoch, index), so it is the same whichever worker loads the item and
+whether or not the run was resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kwav2vec.data.audio import AudioError, load_audio, normalize_waveform
+from kwav2vec.data.manifest import ManifestEntry
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = 320  # samples, 20 ms at 16 kHz: the conv feature encoder's total stride
+RECEPTIVE_FIELD = 400  # samples, 25 ms: the standard conv stack's receptive field (one frame)
+
+
+class Encoder(Protocol):
+    """What the datasets need of a `kwav2vec.text.vocab.Vocabulary`."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """Stands in for an utterance whose audio could not be loaded."""
+
+    index: int
+    id: str
+    path: str
+    reason: str  # AudioError.reason: missing, empty, unreadable, truncated
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "id": self.id, "path": self.path, "reason": self.reason, "detail": self.detail}
+
+
+def num_frames(num_samples: int | np.ndarray, receptive_field: int = RECEPTIVE_FIELD,
+               samples_per_frame: int = SAMPLES_PER_FRAME) -> int | np.ndarray:
+    """Frames the conv encoder makes of `num_samples` samples (0 below the receptive field). For
+    the standard stack this equals the layer-by-layer formula exactly."""
+    n = np.asarray(num_samples)
+    frames = np.where(n < receptive_field, 0, (n - receptive_field) // samples_per_frame + 1)
+    return int(frames) if frames.ndim == 0 else frames
+
+
+def ctc_min_frames(targets: Sequence[int]) -> int:
+    """Shortest input CTC can align with `targets`: one frame per label plus a blank between
+    repeated labels."""
+    t = np.asarray(targets)
+    return int(len(t) + (np.count_nonzero(t[1:] == t[:-1]) if len(t) > 1 else 0))
+
+
+class AudioDataset(Dataset):
+    """Audio-only utterances of a manifest (pretraining).
+
+    Args:
+        entries: manifest entries (see `kwav2vec.data.manifest.read_manifest`).
+        max_sample_size: longer utterances are randomly cropped to this (`crop=True`) or dropped.
+        min_sample_size: shorter utterances are dropped (never less than `receptive_field`).
+        crop: crop long utterances (pretraining) instead of dropping them (labeled data).
+        normalize: zero mean, unit variance per utterance (the model config's `normalize`).
+        seed: seeds the crops together with epoch and index.
+        receptive_field: samples the conv front end needs for one frame.
+        name: used in log lines (e.g. the manifest path).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        *,
+        max_sample_size: int | None = None,
+        min_sample_size: int = 0,
+        crop: bool = True,
+        normalize: bool = False,
+        seed: int = 0,
+        receptive_field: int = RECEPTIVE_FIELD,
+        name: str = "dataset",
+    ) -> None:
+        self.max_sample_size, self.crop, self.normalize, self.seed = max_sample_size, crop, normalize, seed
+        self.min_sample_size = max(int(min_sample_size), int(receptive_field))
+        self.receptive_field, self.name = receptive_field, name
+        self.filtered: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()  # load failures seen by this process, by reason
+        kept = [e for e in entries if self._keep(e)]
+        self.entries = self._filter_more(kept)
+        self._log_filtered(len(entries))
+        sizes = np.array([e.num_samples for e in self.entries], dtype=np.int64)
+        self.sizes = np.minimum(sizes, max_sample_size) if (crop and max_sample_size) else sizes  # (N,)
+
+    def _keep(self, e: ManifestEntry) -> bool:
+        if e.num_samples < self.min_sample_size:
+            self.filtered["too-short"] += 1
+            return False
+        if not self.crop and self.max_sample_size is not None and e.num_samples > self.max_sample_size:
+            self.filtered["too-long"] += 1
+            return False
+        return True
+
+    def _filter_more(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
+        return entries
+
+    def _log_filtered(self, total: int) -> None:
+        if self.filtered:
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.filtered.items()))
+            log.warning("%s: kept %d of %d utterances (filtered %s)", self.name, len(self.entries), total, reasons)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Samples per utterance as batched (after cropping), for the batch sampler."""
+        return self.sizes
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedItem:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        entry = self.entries[index]
+        try:
+            wav = load_audio(entry.path)  # (S,)
+        except AudioError as err:
+            self.skipped[err.reason] += 1
+            log.debug("%s: skipping %s (%s): %s", self.name, entry.id, err.path, err)
+            return SkippedItem(index, entry.id, err.path, err.reason, err.detail)
+        if self.crop and self.max_sample_size is not None and len(wav) > self.max_sample_size:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            start = int(rng.integers(0, len(wav) - self.max_sample_size + 1))
+            wav = wav[start : start + self.max_sample_size]
+        if self.normalize:
+            wav = normalize_waveform(wav)
+        return {"index": index, "id": entry.id, "audio": wav}
+
+
+class LabeledAudioDataset(AudioDataset):
+    """Utterances with grapheme and syllable targets (fine-tuning). Never crops (the transcript
+    covers the whole file): utterances over `max_sample_size` are dropped and counted.
+
+    Utterances whose targets need more CTC frames than the audio yields are dropped as
+    "ctc-infeasible" (with `samples_per_frame` samples per frame after the first
+    `receptive_field`), those whose transcript encodes to nothing as "empty-target".
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        grapheme_vocab: Encoder,
+        syllable_vocab: Encoder,
+        *,
+        max_sample_size: int | None = None,
+        min_sample_size: int = 0,
+        normalize: bool = False,
+        samples_per_frame: int = SAMPLES_PER_FRAME,
+        receptive_field: int = RECEPTIVE_FIELD,
+        name: str = "dataset",
+    ) -> None:
+        self.grapheme_vocab, self.syllable_vocab = grapheme_vocab, syllable_vocab
+        self.samples_per_frame = samples_per_frame
+        self._targets: list[tuple[np.ndarray, np.ndarray]] = []
+        super().__init__(entries, max_sample_size=max_sample_size, min_sample_size=min_sample_size, crop=False,
+                         normalize=normalize, receptive_field=receptive_field, name=name)
+
+    def _filter_more(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
+        kept = []
+        for e in entries:
+            if e.norm is None:
+                raise ValueError(f"{self.name}: utterance {e.id!r} has no 'norm' transcript")
+            graphemes = np.asarray(self.grapheme_vocab.encode(e.norm), dtype=np.int32)
+            syllables = np.asarray(self.syllable_vocab.encode(e.norm), dtype=np.int32)
+            if len(graphemes) == 0 or len(syllables) == 0:
+                self.filtered["empty-target"] += 1
+                continue
+            frames = num_frames(e.num_samples, self.receptive_field, self.samples_per_frame)
+            if max(ctc_min_frames(graphemes), ctc_min_frames(syllables)) > frames:
+                self.filtered["ctc-infeasible"] += 1
+                continue
+            kept.append(e)
+            self._targets.append((graphemes, syllables))
+        return kept
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedItem:
+        item = super().__getitem__(key)
+        if isinstance(item, SkippedItem):
+            return item
+        graphemes, syllables = self._targets[item["index"]]
+        item["graphemes"] = torch.from_numpy(graphemes.astype(np.int64))
+        item["syllables"] = torch.from_numpy(syllables.astype(np.int64))
+        item["text"] = self.entries[item["index"]].norm
+        return item
