@@ -86,3 +86,30 @@ def contrastive_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def diversity_loss(prob_perplexity: torch.Tensor, num_vars: int) -> torch.Tensor:
     """(G*V - perplexity) / (G*V): 0 when every codeword is used equally on average."""
     return (num_vars - prob_perplexity.float()) / num_vars
+
+
+def pretraining_loss(
+    out,
+    diversity_weight: float = DIVERSITY_WEIGHT,
+    feature_pen_weight: float = FEATURE_PEN_WEIGHT,
+) -> dict[str, torch.Tensor]:
+    """Total loss and its terms from a `PretrainOutput`, all float32 scalars.
+
+    Returns keys: loss, contrastive, diversity, feature_pen, accuracy, code_perplexity,
+    prob_perplexity, mask_fraction (masked frames / real frames).
+    """
+    contrastive, accuracy = contrastive_loss(out.logits)
+    diversity = diversity_loss(out.prob_perplexity, out.num_vars)
+    feature_pen = out.features_pen.float()
+    loss = contrastive + diversity_weight * diversity + feature_pen_weight * feature_pen
+    mask_fraction = out.mask.sum().float() / out.frame_lengths.sum().clamp(min=1).float()
+    return {
+        "loss": loss,
+        "contrastive": contrastive.detach(),
+        "diversity": diversity.detach(),
+        "feature_pen": feature_pen.detach(),
+        "accuracy": accuracy,
+        "code_perplexity": out.code_perplexity.detach().float(),
+        "prob_perplexity": out.prob_perplexity.detach().float(),
+        "mask_fraction": mask_fraction.detach(),
+    }

@@ -1,0 +1,184 @@
+"""Self-supervised wav2vec 2.0 pretraining as a LightningModule.
+
+Consumes the pretraining batch of the data layer (`ids`, `audio` (B, S), `audio_lengths` (B,)).
+Gradient clipping, gradient accumulation and bf16 / 16-mixed precision are Trainer options
+(`gradient_clip_val`, `accumulate_grad_batches`, `precision`); the quantizer and every loss term
+run in float32 whatever the precision.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from kwav2vec.lit.schedules import polynomial_decay_schedule
+from kwav2vec.models.config import Wav2Vec2Config, preset
+from kwav2vec.models.losses import pretraining_loss
+from kwav2vec.models.wav2vec2 import Wav2Vec2Model
+
+# Modules that only pretraining uses: a fine-tuned checkpoint may lack them, and then they keep
+# their fresh initialisation when it is used to initialise pretraining.
+PRETRAINING_PREFIXES = ("quantizer.", "project_q.", "final_proj.")
+# Config fields that fix the shapes or the computation of the weights; a checkpoint whose config
+# differs in one of them cannot be loaded into a model built with another.
+ARCHITECTURE_FIELDS = (
+    "extractor_mode", "conv_feature_layers", "conv_bias", "normalize", "encoder_layers", "encoder_embed_dim",
+    "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups",
+    "final_dim", "latent_vars", "latent_groups", "latent_dim",
+)
+
+
+def read_backbone_checkpoint(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+    """Reads a backbone file written by our importers: a dict with "config" (Wav2Vec2Config fields)
+    and "state_dict" (our module names). Returns (config, state_dict)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"backbone checkpoint {os.fspath(path)!r} does not exist") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{os.fspath(path)}: expected a dict with keys 'config' and 'state_dict', found {found}")
+    try:
+        cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.fspath(path)}: invalid 'config': {e}") from e
+    return cfg, blob["state_dict"]
+
+
+def load_backbone_weights(model: Wav2Vec2Model, path: str | os.PathLike) -> list[str]:
+    """Loads backbone weights from `path` into `model` (in place).
+
+    The file's architecture fields must equal the model's. Every model parameter must be in the file,
+    except the pretraining-only modules (quantizer, project_q, final_proj), which keep their
+    initialisation when absent. Unknown keys in the file are an error. Returns the keys left missing.
+    """
+    cfg, state = read_backbone_checkpoint(path)
+    diff = {f: (getattr(cfg, f), getattr(model.cfg, f)) for f in ARCHITECTURE_FIELDS
+            if getattr(cfg, f) != getattr(model.cfg, f)}
+    if diff:
+        details = ", ".join(f"{k}: file {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{os.fspath(path)}: architecture differs from the model ({details})")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(PRETRAINING_PREFIXES)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{os.fspath(path)}: state_dict does not match the backbone; missing {missing[:10]}"
+            f"{'...' if len(missing) > 10 else ''}, unexpected {result.unexpected_keys[:10]}"
+        )
+    return list(result.missing_keys)
+
+
+class Pretrainer(pl.LightningModule):
+    """wav2vec 2.0 contrastive pretraining.
+
+    Args:
+        model: backbone preset, "tiny" | "base" | "large" (ignored when `init_from` is given: the
+            architecture then comes from that file).
+        model_overrides: Wav2Vec2Config fields to change, e.g. {"mask_prob": 0.5, "encoder_layerdrop": 0.0}.
+        init_from: optional path to a backbone file from our checkpoint importers
+            ({"config": ..., "state_dict": ...}) to start from.
+        lr: peak learning rate (fairseq BASE: 5e-4).
+        warmup_steps: linear warmup updates (fairseq BASE: 32000).
+        total_steps: updates of the polynomial decay; None uses the Trainer's `max_steps`.
+        end_lr_ratio: final learning rate as a fraction of `lr`.
+        power: exponent of the polynomial decay (1 = linear).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        weight_decay: AdamW decoupled weight decay (applied to all parameters, as fairseq).
+        diversity_weight: weight of the codebook diversity loss (fairseq 0.1).
+        feature_pen_weight: weight of the feature L2 penalty (fairseq 10 for BASE, 0 for LARGE).
+    """
+
+    def __init__(
+        self,
+        model: str = "base",
+        model_overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        lr: float = 5e-4,
+        warmup_steps: int = 32000,
+        total_steps: int | None = None,
+        end_lr_ratio: float = 0.0,
+        power: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        diversity_weight: float = 0.1,
+        feature_pen_weight: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = dict(model_overrides or {})
+        if init_from is not None:
+            cfg, _ = read_backbone_checkpoint(init_from)
+            cfg = cfg.replace(**overrides) if overrides else cfg
+        else:
+            cfg = preset(model, **overrides)
+        self.config = cfg
+        self.model = Wav2Vec2Model(cfg)
+        if init_from is not None:
+            load_backbone_weights(self.model, init_from)
+
+    # ------------------------------------------------------------------ steps
+    def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(batch, dict) or "audio" not in batch or "audio_lengths" not in batch:
+            found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise KeyError(f"pretraining batch needs 'audio' (B, S) and 'audio_lengths' (B,), found {found}")
+        return batch["audio"], batch["audio_lengths"]
+
+    def _log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int, **extra: float) -> None:
+        logs = {f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"}
+        logs.update({f"{stage}/{k}": float(v) for k, v in extra.items()})
+        on_step = stage == "train"
+        self.log_dict(logs, on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
+                      prog_bar=False, sync_dist=not on_step)
+        self.log(f"{stage}/loss", terms["loss"].detach(), on_step=on_step, on_epoch=not on_step,
+                 batch_size=batch_size, prog_bar=True, sync_dist=not on_step)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.model.set_num_updates(self.global_step)  # anneals the Gumbel temperature
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        audio, lengths = self._unpack(batch)
+        out = self.model(audio, lengths)
+        terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
+        self._log_terms("train", terms, audio.shape[0], temperature=out.temperature)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        audio, lengths = self._unpack(batch)
+        # a fixed mask/distractor draw per batch makes validation numbers comparable across epochs
+        gen = torch.Generator(device=audio.device).manual_seed(batch_idx)
+        out = self.model(audio, lengths, generator=gen)
+        terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
+        self._log_terms("val", terms, audio.shape[0])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # gradients are unscaled here (AMP) and not yet clipped: the norm clipping acts on
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ optimisation
+    def _total_steps(self) -> int:
+        if self.hparams.total_steps is not None:
+            return int(self.hparams.total_steps)
+        max_steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
+        if max_steps is None or max_steps <= 0:
+            raise ValueError("Pretrainer needs `total_steps` or a Trainer with `max_steps` > 0 for the lr decay")
+        return int(max_steps)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        # the fused kernel is several times faster than the per-parameter loop torch uses on CPU
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+        optimizer = torch.optim.AdamW(
+            params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
+        )
+        total = self._total_steps()
+        scheduler = polynomial_decay_schedule(optimizer, min(hp.warmup_steps, total), total, hp.end_lr_ratio, hp.power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

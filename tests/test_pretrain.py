@@ -1,0 +1,208 @@
+"""Pretrainer LightningModule, LR schedules, and the init_from hook."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kwav2vec.lit.pretrain import Pretrainer, load_backbone_weights, read_backbone_checkpoint
+from kwav2vec.lit.schedules import polynomial_decay_lambda, tri_stage_lambda, tri_stage_schedule
+from kwav2vec.models.config import preset
+from kwav2vec.models.wav2vec2 import Wav2Vec2Model
+
+SR = 16000
+
+
+# ---------------------------------------------------------------- schedules
+def test_polynomial_decay_with_warmup():
+    f = polynomial_decay_lambda(warmup_steps=10, total_steps=110, end_lr_ratio=0.1, power=1.0)
+    assert f(0) == pytest.approx(0.1) and f(4) == pytest.approx(0.5) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert polynomial_decay_lambda(0, 10, power=2.0)(5) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        polynomial_decay_lambda(20, 10)
+
+
+def test_tri_stage_matches_fairseq():
+    total = 1000
+    f = tri_stage_lambda(total, (0.1, 0.4, 0.5), init_lr_scale=0.01, final_lr_scale=0.05)
+    assert f(0) == pytest.approx(0.01)
+    assert f(50) == pytest.approx(0.01 + 0.99 * 50 / 100)
+    assert f(100) == 1.0 and f(499) == 1.0
+    assert f(500) == pytest.approx(1.0)
+    assert f(750) == pytest.approx(math.exp(math.log(0.05) * 250 / 500))
+    assert f(1000) == pytest.approx(0.05) and f(5000) == pytest.approx(0.05)
+    values = [f(s) for s in range(total)]
+    assert max(values) == 1.0 and all(b <= a for a, b in zip(values[500:], values[501:]))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = tri_stage_schedule(opt, total)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    for _ in range(100):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="sum"):
+        tri_stage_lambda(100, (0.1, 0.4, 0.4))
+
+
+# ---------------------------------------------------------------- data
+def speechlike_batch(batch: int, seconds: float, seed: int = 0) -> dict:
+    """Piecewise-stationary two-formant tones (100 ms 'phones' from a set of 6) plus noise: enough frame
+    variety that the codebook has something to encode (white noise or one tone would not)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(SR * seconds)
+    seg = SR // 10
+    phones = torch.tensor([[300, 900], [500, 1500], [700, 1100], [250, 2200], [400, 2600], [800, 1200]]).float()
+    ids = torch.randint(0, len(phones), (batch, n // seg + 1), generator=g)
+    f = phones[ids].repeat_interleave(seg, dim=1)[:, :n]  # (B, n, 2)
+    t = torch.arange(n) / SR
+    audio = torch.sin(2 * math.pi * f[..., 0] * t) + 0.5 * torch.sin(2 * math.pi * f[..., 1] * t)
+    audio = audio + 0.05 * torch.randn(batch, n, generator=g)
+    lengths = torch.full((batch,), n, dtype=torch.long)
+    return {"ids": [f"utt{i}" for i in range(batch)], "audio": audio, "audio_lengths": lengths}
+
+
+class RepeatBatch(Dataset):
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batch
+
+
+def loader(batch: dict, n: int) -> DataLoader:
+    return DataLoader(RepeatBatch(batch, n), batch_size=None, num_workers=0)
+
+
+class Recorder(pl.Callback):
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+
+def trainer(steps: int, callbacks=(), **kw) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+        num_sanity_val_steps=0, **kw,
+    )
+
+
+# ---------------------------------------------------------------- training
+class StopWhenHalved(Recorder):
+    """Records the logged metrics and stops once loss and contrastive loss (mean of the last 5 steps)
+    are both at most half their first values."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if len(self.rows) >= 20 and self.halved():
+            trainer.should_stop = True
+
+    def mean(self, key: str) -> float:
+        last = self.rows[-5:]
+        return sum(r[key] for r in last) / len(last)
+
+    def halved(self) -> bool:
+        first = self.rows[0]
+        return all(self.mean(k) <= 0.5 * first[k] for k in ("train/loss", "train/contrastive"))
+
+
+def test_tiny_preset_loss_halves_without_codebook_collapse():
+    max_steps = 200  # it takes about 60-80 steps (about 0.13 s each on 2 CPU threads)
+    torch.manual_seed(0)
+    module = Pretrainer(model="tiny", lr=5e-4, warmup_steps=10, total_steps=max_steps)
+    rec = StopWhenHalved()
+    batch = speechlike_batch(2, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(max_steps, [rec], gradient_clip_val=10.0).fit(module, loader(batch, max_steps))
+    assert rec.halved(), (len(rec.rows), rec.rows[0], rec.rows[-1])
+    last = rec.rows[-5:]
+    # no collapse: the codebook keeps using several entries per group (2 = one entry in each of 2 groups)
+    assert min(r["train/code_perplexity"] for r in last) > 4.0, rec.rows[-1]
+    assert min(r["train/prob_perplexity"] for r in last) > 4.0, rec.rows[-1]
+    for key in ("train/diversity", "train/feature_pen", "train/accuracy", "train/temperature",
+                "train/mask_fraction", "train/grad_norm", "train/lr"):
+        assert key in rec.rows[-1], key
+    # 49-frame utterances get 3 or 4 spans of 10: a noisy fraction, but neither none nor all
+    assert 0.1 < sum(r["train/mask_fraction"] for r in rec.rows) / len(rec.rows) < 0.8
+    assert rec.rows[-1]["train/grad_norm"] > 0
+
+
+def test_validation_logs_and_optimizer_settings():
+    torch.manual_seed(0)
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10, warmup_steps=2)
+    opt_cfg = module.configure_optimizers()
+    opt = opt_cfg["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW)
+    group = opt.param_groups[0]
+    assert group["betas"] == (0.9, 0.98) and group["eps"] == 1e-6 and group["weight_decay"] == 0.01
+    assert opt_cfg["lr_scheduler"]["interval"] == "step"
+    batch = speechlike_batch(2, 0.6)
+    t = trainer(2, limit_val_batches=1, val_check_interval=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(module, loader(batch, 2), loader(batch, 1))
+    for key in ("val/loss", "val/contrastive", "val/diversity", "val/feature_pen", "val/accuracy",
+                "val/code_perplexity", "val/prob_perplexity", "val/mask_fraction"):
+        assert key in t.callback_metrics, key
+
+
+def test_bad_batch_names_keys():
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10)
+    with pytest.raises(KeyError, match="audio_lengths"):
+        module.training_step({"ids": ["a"], "audio": torch.zeros(1, 8000)}, 0)
+
+
+def test_total_steps_required():
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1})
+    with pytest.raises(ValueError, match="max_steps"):
+        module.configure_optimizers()
+
+
+# ---------------------------------------------------------------- init_from
+def test_init_from_backbone_file(tmp_path):
+    torch.manual_seed(0)
+    cfg = preset("tiny", encoder_layers=1)
+    src = Wav2Vec2Model(cfg)
+    path = tmp_path / "backbone.pt"
+    torch.save({"config": cfg.to_dict(), "state_dict": src.state_dict()}, path)
+
+    read_cfg, _ = read_backbone_checkpoint(path)
+    assert read_cfg == cfg
+    module = Pretrainer(model="base", init_from=str(path), model_overrides={"dropout": 0.0})
+    assert module.config.encoder_layers == 1 and module.config.dropout == 0.0  # file's architecture + overrides
+    for (k, a), (_, b) in zip(src.state_dict().items(), module.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+    # a backbone without pretraining modules (e.g. from a fine-tuned model) still loads
+    partial = {k: v for k, v in src.state_dict().items() if not k.startswith(("quantizer.", "project_q.", "final_proj."))}
+    torch.save({"config": cfg.to_dict(), "state_dict": partial}, tmp_path / "ft.pt")
+    fresh = Wav2Vec2Model(cfg)
+    missing = load_backbone_weights(fresh, tmp_path / "ft.pt")
+    assert "quantizer.vars" in missing
+    assert torch.equal(fresh.encoder.layers[0].fc1.weight, src.encoder.layers[0].fc1.weight)
+
+    # wrong architecture, unknown keys, wrong file layout: errors naming what is wrong
+    other = Wav2Vec2Model(preset("tiny", encoder_layers=2))
+    with pytest.raises(ValueError, match="encoder_layers: file 1 vs model 2"):
+        load_backbone_weights(other, path)
+    bad = dict(src.state_dict(), **{"encoder.extra.weight": torch.zeros(1)})
+    torch.save({"config": cfg.to_dict(), "state_dict": bad}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="encoder.extra.weight"):
+        load_backbone_weights(Wav2Vec2Model(cfg), tmp_path / "bad.pt")
+    torch.save({"model": {}}, tmp_path / "fairseq.pt")
+    with pytest.raises(ValueError, match="found \\['model'\\]"):
+        read_backbone_checkpoint(tmp_path / "fairseq.pt")
