@@ -6,7 +6,6 @@ import math
 
 import torch
 
-from kwav2vec.text.hangul import decompose
 from kwav2vec.text.vocab import Vocabulary
 
 BLANK = 0
@@ -46,7 +45,7 @@ def aligned_paths(text: str, grapheme: Vocabulary, syllable: Vocabulary) -> tupl
 def pad_batch(rows: list[torch.Tensor], fill: float = math.nan) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (T_b, V) rows into (B, T, V); padding frames hold `fill` (NaN: must never be read)."""
     T = max(r.shape[0] for r in rows)
-    out = torch.full((len(rows), T, rows[0].shape[1]), fill)
+    out = torch.full((len(rows), T, rows[0].shape[1]), fill, dtype=rows[0].dtype)
     for b, r in enumerate(rows):
         out[b, : r.shape[0]] = r
     return out, torch.tensor([r.shape[0] for r in rows])
@@ -57,7 +56,3 @@ def random_log_probs(generator: torch.Generator, T: int, V: int, sharpness: floa
     logits = sharpness * torch.randn(T, V, generator=generator)
     logits[:, BLANK] += sharpness
     return logits.log_softmax(-1)
-
-
-def jamo_text(text: str) -> str:
-    return decompose(text)

@@ -55,7 +55,8 @@ def test_beam_nbest_scores_and_batching_equal_per_utterance() -> None:
         assert 1 < len(hyps) <= 5
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True)
-        assert all(h.details["acoustic"] == h.score and h.details["lm"] == 0.0 for h in hyps)  # no LM, no hotwords
+        # No LM and no hotwords: the ranking score is the acoustic score.
+        assert all(h.details["acoustic"] == h.score and h.details["lm"] == 0.0 for h in hyps)
         assert len({h.text for h in hyps}) == len(hyps)
 
 
@@ -70,7 +71,9 @@ def test_hotwords_are_matched_in_jamo_for_the_grapheme_head() -> None:
     batch, lengths = log_probs[None], torch.tensor([log_probs.shape[0]])
     plain = BeamSearchDecoder(grapheme, BeamSearchConfig(beam_width=8)).nbest(batch, lengths)[0]
     assert {h.text for h in plain[:2]} == {"안녕 하세요", "안녕 하새요"}
-    boosted = BeamSearchDecoder(grapheme, BeamSearchConfig(beam_width=8, hotwords=("하새요",))).nbest(batch, lengths)[0]
+    boosted = BeamSearchDecoder(grapheme, BeamSearchConfig(beam_width=8, hotwords=("하새요",))).nbest(
+        batch, lengths
+    )[0]
     assert boosted[0].text == "안녕 하새요" and boosted[0].details["lm"] > 0
 
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from decoding_utils import pad_batch, random_log_probs
 
-from kwav2vec.decoding.scoring import ctc_log_likelihood, ctc_log_likelihood_heads, pack_targets
+from kwav2vec.decoding.scoring import ctc_log_likelihood, ctc_log_likelihood_heads
 
 
 def one_by_one(rows: list[torch.Tensor], nested: list[list[list[int]]]) -> torch.Tensor:
     scores = []
-    for lp, candidates in zip(rows, nested):
+    for lp, candidates in zip(rows, nested, strict=True):
         for target in candidates:
             loss = F.ctc_loss(
                 lp[:, None, :],
@@ -28,13 +28,18 @@ def one_by_one(rows: list[torch.Tensor], nested: list[list[list[int]]]) -> torch
 
 
 def candidates_for(generator: torch.Generator, V: int, T: int) -> list[list[int]]:
-    """Random candidates plus the awkward ones: empty, repeats, longest feasible, infeasible."""
-    out = [torch.randint(1, V, (int(n),), generator=generator).tolist() for n in torch.randint(1, 6, (4,), generator=generator)]
+    """Random candidates plus awkward ones: empty, repeats, longest feasible, infeasible, shared prefixes."""
+    out = [
+        torch.randint(1, V, (int(n),), generator=generator).tolist()
+        for n in torch.randint(1, 6, (4,), generator=generator)
+    ]
     out += [[], [3, 3, 4, 3], [2] * ((T + 1) // 2), [5] * T, list(range(1, min(V, T + 2)))]
+    # Shared prefixes (the trie): a prefix of others, a duplicate, a repeat at the branch point.
+    out += [[3, 4], [3, 4, 4], [3, 4, 5, 1], [3], [3, 4], [3, 3], [4, 3, 3]]
     return out
 
 
-@pytest.mark.parametrize("V", [7, 40])  # full rows (V <= L + 1) and gathered label columns (V > L + 1)
+@pytest.mark.parametrize("V", [7, 40])
 def test_batched_scores_equal_ctc_loss_one_by_one(V: int) -> None:
     g = torch.Generator().manual_seed(V)
     rows = [random_log_probs(g, T, V) for T in (9, 14, 5)]
@@ -49,20 +54,49 @@ def test_batched_scores_equal_ctc_loss_one_by_one(V: int) -> None:
 def test_padded_targets_with_owner_and_two_heads_in_one_call() -> None:
     g = torch.Generator().manual_seed(0)
     rows_a = [random_log_probs(g, T, 50) for T in (12, 8)]
-    rows_b = [random_log_probs(g, T, 6) for T in (12, 8)]
+    rows_b = [random_log_probs(g, T, 6) for T in (15, 8)]  # another T and V
     nested_a = [candidates_for(g, 50, 12), candidates_for(g, 50, 8)]
-    nested_b = [candidates_for(g, 6, 12)[:3], candidates_for(g, 6, 8)]
+    nested_b = [candidates_for(g, 6, 15)[:3], candidates_for(g, 6, 8)]
     (lp_a, len_a), (lp_b, len_b) = pad_batch(rows_a), pad_batch(rows_b)
-    packed_a, packed_b = pack_targets(nested_a), pack_targets(nested_b)
-    got_a, got_b = ctc_log_likelihood_heads([(lp_a, len_a, packed_a, 0), (lp_b, len_b, packed_b, 0)])
-    torch.testing.assert_close(got_a, one_by_one(rows_a, nested_a))
+    got_a, got_b = ctc_log_likelihood_heads([(lp_a, len_a, nested_a, 0), (lp_b, len_b, nested_b, 0)])
+    expected_a = one_by_one(rows_a, nested_a)
+    torch.testing.assert_close(got_a, expected_a)
     torch.testing.assert_close(got_b, one_by_one(rows_b, nested_b))
-    # The padded form with an owner index, in a shuffled order.
-    order = torch.randperm(len(packed_a), generator=g)
+    # The padded form with an owner index, rows in a shuffled order.
+    flat = [(b, c) for b, cands in enumerate(nested_a) for c in cands]
+    order = torch.randperm(len(flat), generator=g).tolist()
+    longest = max(len(c) for _, c in flat)
+    padded = torch.tensor([flat[i][1] + [0] * (longest - len(flat[i][1])) for i in order])
     got = ctc_log_likelihood(
-        lp_a, len_a, packed_a.targets[order], target_lengths=packed_a.lengths[order], owner=packed_a.owner[order]
+        lp_a,
+        len_a,
+        padded,
+        target_lengths=torch.tensor([len(flat[i][1]) for i in order]),
+        owner=torch.tensor([flat[i][0] for i in order]),
     )
-    torch.testing.assert_close(got, got_a[order])
+    torch.testing.assert_close(got, expected_a[order])
+
+
+def test_float64_and_a_nonzero_blank() -> None:
+    g = torch.Generator().manual_seed(1)
+    rows = [random_log_probs(g, T, 9).double().roll(3, dims=-1) for T in (7, 10)]  # blank moved to id 3
+    nested = [[[1, 2, 1], [5, 5], []], [[8, 1, 1, 2]]]
+    log_probs, lengths = pad_batch(rows)
+    got = ctc_log_likelihood(log_probs, lengths, nested, blank_id=3)
+    expected = []
+    for lp, candidates in zip(rows, nested, strict=True):
+        for c in candidates:
+            loss = F.ctc_loss(
+                lp[:, None],
+                torch.tensor([c]).reshape(1, -1),
+                [lp.shape[0]],
+                [len(c)],
+                blank=3,
+                reduction="none",
+            )
+            expected.append(-loss[0])
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.stack(expected))
 
 
 def test_zero_frames_and_no_candidates() -> None:
@@ -77,7 +111,9 @@ def test_errors_name_the_shapes() -> None:
         ctc_log_likelihood(torch.zeros(4, 5), torch.tensor([5] * 4), [[]] * 4)
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\]"):
         ctc_log_likelihood(torch.zeros(1, 5, 3), torch.tensor([6]), [[[1]]])
-    with pytest.raises(ValueError, match="other than the blank id"):
+    with pytest.raises(ValueError, match=r"candidate \[1, 0\] of utterance 0.*other than the blank id"):
         ctc_log_likelihood(torch.zeros(1, 5, 3), torch.tensor([5]), [[[1, 0]]])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        ctc_log_likelihood(torch.zeros(1, 5, 3), torch.tensor([5]), [[[1, 3]]])
     with pytest.raises(ValueError, match="one candidate list per utterance"):
         ctc_log_likelihood(torch.zeros(2, 5, 3), torch.tensor([5, 5]), [[[1]]])

@@ -3,7 +3,7 @@
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis
 from kwav2vec.decoding.greedy import best_path_ids, greedy_decode
 from kwav2vec.decoding.joint import JointConfig, JointDecoder, rescore_nbest, union_nbest
-from kwav2vec.decoding.scoring import PackedTargets, ctc_log_likelihood, ctc_log_likelihood_heads, pack_targets
+from kwav2vec.decoding.scoring import ctc_log_likelihood, ctc_log_likelihood_heads
 
 __all__ = [
     "BeamSearchConfig",
@@ -11,12 +11,10 @@ __all__ = [
     "Hypothesis",
     "JointConfig",
     "JointDecoder",
-    "PackedTargets",
     "best_path_ids",
     "ctc_log_likelihood",
     "ctc_log_likelihood_heads",
     "greedy_decode",
-    "pack_targets",
     "rescore_nbest",
     "union_nbest",
 ]

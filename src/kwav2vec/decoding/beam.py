@@ -59,7 +59,8 @@ class BeamSearchConfig:
     beam_width: int = 100  # beams kept per frame (K-wav2vec decodes with 100)
     beam_prune_logp: float = -10.0  # drop beams this far (log) below the best one
     token_min_logp: float = -5.0  # tokens below this log-prob are skipped unless they are the frame's argmax
-    prune_history: bool = False  # merge beams sharing their LM history: faster, but fewer distinct n-best entries
+    # Merge beams sharing their LM history: faster, but fewer distinct n-best entries.
+    prune_history: bool = False
     nbest: int | None = None  # keep at most this many hypotheses per utterance (None: all, <= beam_width)
     kenlm_model_path: str | None = None  # KenLM model over this head's beam text (jamo words for graphemes)
     unigrams: tuple[str, ...] | None = None  # the LM's vocabulary (decomposed for a grapheme head)
@@ -79,7 +80,10 @@ def _search_job(job: SearchJob) -> list[RawBeam]:
     """Run one pyctcdecode search; module-level so pool workers can unpickle it."""
     decoder, logits, kwargs = job
     # Drop the KenLM state (not picklable) and word frames (not used) before crossing processes.
-    return [(text, float(logit), float(combined)) for text, _, _, logit, combined in decoder.decode_beams(logits, **kwargs)]
+    return [
+        (text, float(logit), float(combined))
+        for text, _, _, logit, combined in decoder.decode_beams(logits, **kwargs)
+    ]
 
 
 def run_searches(pool: Pool | None, jobs: Sequence[SearchJob]) -> list[list[RawBeam]]:
@@ -96,7 +100,10 @@ def make_pool(num_processes: int) -> Pool | None:
     try:
         context = multiprocessing.get_context("fork")
     except ValueError:
-        warnings.warn("multiprocessing 'fork' is unavailable on this platform; beam search runs sequentially", stacklevel=3)
+        warnings.warn(
+            "multiprocessing 'fork' is unavailable on this platform; beam search runs sequentially",
+            stacklevel=3,
+        )
         return None
     return context.Pool(num_processes)
 
@@ -152,7 +159,9 @@ class BeamSearchDecoder(PoolOwner):
     ...     texts = dec.decode(log_probs, lengths)
     """
 
-    def __init__(self, vocab: Vocabulary, config: BeamSearchConfig = BeamSearchConfig(), *, num_processes: int = 0) -> None:
+    def __init__(
+        self, vocab: Vocabulary, config: BeamSearchConfig = BeamSearchConfig(), *, num_processes: int = 0
+    ) -> None:
         super().__init__(num_processes)
         import pyctcdecode
         import pyctcdecode.decoder

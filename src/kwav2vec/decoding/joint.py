@@ -10,7 +10,8 @@ Two ways to combine them:
   proposed can win, with each head's beam score (pruned, summed over spacing variants).
 - ``rescore``: every candidate of both lists is scored by BOTH heads with the exact CTC
   log-likelihood of its label sequence (syllable ids; jamo ids of its decomposition), all
-  candidates of a batch in one `ctc_loss` call on the log-probs' device, combined as
+  candidates of a batch and both heads in one trie-shared CTC forward pass on the log-probs'
+  device (`kwav2vec.decoding.scoring`), combined as
   λ·log p_syll + (1 − λ)·log p_graph + β·(number of syllables) + μ·LM(text).
 
 Out-of-vocabulary syllables in ``rescore``: the syllable head can only say `<unk>`, so a
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis, PoolOwner, run_searches
-from kwav2vec.decoding.scoring import check_emissions, ctc_log_likelihood_heads, pack_targets
+from kwav2vec.decoding.scoring import check_emissions, ctc_log_likelihood_heads
 
 if TYPE_CHECKING:
     from kwav2vec.text.vocab import Vocabulary
@@ -61,7 +62,9 @@ class JointConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 <= self.syllable_weight <= 1.0:
             raise ValueError(f"syllable_weight must lie in [0, 1], got {self.syllable_weight}")
-        if self.mode == "union" and (self.length_bonus or self.lm_weight or self.candidates_per_head is not None):
+        if self.mode == "union" and (
+            self.length_bonus or self.lm_weight or self.candidates_per_head is not None
+        ):
             raise ValueError("length_bonus, lm_weight and candidates_per_head apply to mode='rescore' only")
         for name in ("candidates_per_head", "nbest"):
             value = getattr(self, name)
@@ -90,7 +93,8 @@ def union_nbest(
     beam_output[-2]); texts are expected NFC, as BeamSearchDecoder produces them.
     """
     log_w = {"grapheme": _log_weight(1.0 - syllable_weight), "syllable": _log_weight(syllable_weight)}
-    table: dict[str, dict[str, float]] = {}  # text -> {"score", "grapheme", "syllable"}; insertion order matters
+    # text -> {"score", "grapheme", "syllable"}; insertion order (grapheme list first) breaks ties.
+    table: dict[str, dict[str, float]] = {}
     for head, hyps in (("grapheme", grapheme), ("syllable", syllable)):
         for hyp in hyps:
             entry = table.setdefault(hyp.text, {"score": NEG_INF, "grapheme": NEG_INF, "syllable": NEG_INF})
@@ -98,7 +102,10 @@ def union_nbest(
             entry["score"] = _logaddexp(entry["score"], log_w[head] + acoustic)
             entry[head] = _logaddexp(entry[head], acoustic)
     ranked = sorted(table.items(), key=lambda item: item[1]["score"], reverse=True)  # stable, like theirs
-    return [Hypothesis(text, e["score"], {"grapheme": e["grapheme"], "syllable": e["syllable"]}) for text, e in ranked]
+    return [
+        Hypothesis(text, e["score"], {"grapheme": e["grapheme"], "syllable": e["syllable"]})
+        for text, e in ranked
+    ]
 
 
 def rescore_nbest(
@@ -115,8 +122,8 @@ def rescore_nbest(
     """Rescore the union of both heads' candidates with exact CTC log-likelihoods from both heads.
 
     grapheme_log_probs: (B, T, Vg), syllable_log_probs: (B, T, Vs), lengths: (B,) shared frames.
-    One `ctc_loss` call for every candidate of every utterance and both heads, on the log-probs'
-    device. Infeasible candidates (more labels than frames allow) score -inf.
+    One computation for every candidate of every utterance and both heads, on the log-probs'
+    device (`kwav2vec.decoding.scoring`). Infeasible candidates (more labels than frames allow) score -inf.
     """
     B = grapheme_log_probs.shape[0]
     if not (len(grapheme_nbest) == len(syllable_nbest) == B):
@@ -127,21 +134,27 @@ def rescore_nbest(
     if config.lm_weight and lm_scorer is None:
         raise ValueError("lm_weight is set but no lm_scorer was given")
     k = config.candidates_per_head
-    texts = [list(dict.fromkeys(h.text for h in (*g[:k], *s[:k]))) for g, s in zip(grapheme_nbest, syllable_nbest)]
+    texts = [
+        list(dict.fromkeys(h.text for h in (*g[:k], *s[:k])))
+        for g, s in zip(grapheme_nbest, syllable_nbest, strict=True)
+    ]
     device = syllable_log_probs.device
-    syllable_ids = pack_targets(
-        [[syllable_vocab.encode(t) for t in ts] for ts in texts], blank_id=syllable_vocab.blank_id, device=device
-    )
-    grapheme_ids = pack_targets(
-        [[grapheme_vocab.encode(t) for t in ts] for ts in texts], blank_id=grapheme_vocab.blank_id, device=device
-    )
     ll_syllable, ll_grapheme = ctc_log_likelihood_heads(
         [
-            (syllable_log_probs, lengths, syllable_ids, syllable_vocab.blank_id),
-            (grapheme_log_probs, lengths.to(grapheme_log_probs.device), grapheme_ids, grapheme_vocab.blank_id),
+            (
+                syllable_log_probs,
+                lengths,
+                [[syllable_vocab.encode(t) for t in ts] for ts in texts],
+                syllable_vocab.blank_id,
+            ),
+            (
+                grapheme_log_probs,
+                lengths,
+                [[grapheme_vocab.encode(t) for t in ts] for ts in texts],
+                grapheme_vocab.blank_id,
+            ),
         ]
     )
-    ll_grapheme = ll_grapheme.to(device)
     lam = config.syllable_weight
     # A head with weight 0 is left out entirely (0 · -inf would be NaN).
     score = torch.zeros_like(ll_syllable)
@@ -150,12 +163,18 @@ def rescore_nbest(
     if lam < 1:
         score = score + (1 - lam) * ll_grapheme
     flat_texts = [t for ts in texts for t in ts]
-    lm = [lm_scorer(t) for t in flat_texts] if lm_scorer is not None and config.lm_weight else [0.0] * len(flat_texts)
+    lm = (
+        [lm_scorer(t) for t in flat_texts]
+        if lm_scorer is not None and config.lm_weight
+        else [0.0] * len(flat_texts)
+    )
     if config.length_bonus:
-        score = score + config.length_bonus * torch.tensor([len(t.replace(" ", "")) for t in flat_texts], device=device)
+        score = score + config.length_bonus * torch.tensor(
+            [len(t.replace(" ", "")) for t in flat_texts], device=device
+        )
     if config.lm_weight:
         score = score + config.lm_weight * torch.tensor(lm, dtype=score.dtype, device=device)
-    rows = list(zip(flat_texts, score.tolist(), ll_grapheme.tolist(), ll_syllable.tolist(), lm))
+    rows = list(zip(flat_texts, score.tolist(), ll_grapheme.tolist(), ll_syllable.tolist(), lm, strict=True))
     out, start = [], 0
     for ts in texts:
         utterance = rows[start : start + len(ts)]
@@ -164,7 +183,10 @@ def rescore_nbest(
         # candidate both heads like better together; then to the earlier one (stable sort).
         utterance.sort(key=lambda r: (r[1], r[2] + r[3]), reverse=True)
         out.append(
-            [Hypothesis(t, s, {"grapheme": g, "syllable": y, "lm": m}) for t, s, g, y, m in utterance[: config.nbest]]
+            [
+                Hypothesis(t, s, {"grapheme": g, "syllable": y, "lm": m})
+                for t, s, g, y, m in utterance[: config.nbest]
+            ]
         )
     return out
 
@@ -197,11 +219,17 @@ class JointDecoder(PoolOwner):
         self.config = config
         self.lm_scorer = lm_scorer
         self.grapheme = BeamSearchDecoder(grapheme_vocab, grapheme_beam)
-        self.syllable = BeamSearchDecoder(syllable_vocab, grapheme_beam if syllable_beam is None else syllable_beam)
+        self.syllable = BeamSearchDecoder(
+            syllable_vocab, grapheme_beam if syllable_beam is None else syllable_beam
+        )
 
     def _check(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> None:
-        check_emissions(grapheme_log_probs, lengths, name="grapheme_log_probs", vocab_size=len(self.grapheme.vocab))
-        check_emissions(syllable_log_probs, lengths, name="syllable_log_probs", vocab_size=len(self.syllable.vocab))
+        check_emissions(
+            grapheme_log_probs, lengths, name="grapheme_log_probs", vocab_size=len(self.grapheme.vocab)
+        )
+        check_emissions(
+            syllable_log_probs, lengths, name="syllable_log_probs", vocab_size=len(self.syllable.vocab)
+        )
         if grapheme_log_probs.shape[:2] != syllable_log_probs.shape[:2]:
             raise ValueError(
                 "both heads must share (B, T) frames: grapheme_log_probs "
@@ -230,10 +258,12 @@ class JointDecoder(PoolOwner):
         """Joint n-best lists from both heads' lists, per `config.mode`."""
         if self.config.mode == "union":
             if len(grapheme_nbest) != len(syllable_nbest):
-                raise ValueError(f"got {len(grapheme_nbest)} grapheme but {len(syllable_nbest)} syllable n-best lists")
+                raise ValueError(
+                    f"got {len(grapheme_nbest)} grapheme but {len(syllable_nbest)} syllable n-best lists"
+                )
             return [
                 union_nbest(g, s, self.config.syllable_weight)[: self.config.nbest]
-                for g, s in zip(grapheme_nbest, syllable_nbest)
+                for g, s in zip(grapheme_nbest, syllable_nbest, strict=True)
             ]
         return rescore_nbest(
             grapheme_nbest,
@@ -247,11 +277,16 @@ class JointDecoder(PoolOwner):
             self.lm_scorer,
         )
 
-    def nbest(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> list[list[Hypothesis]]:
+    def nbest(
+        self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor
+    ) -> list[list[Hypothesis]]:
         """Joint n-best list per utterance, best first. Log-probs (B, T, Vg) and (B, T, Vs); lengths (B,)."""
         grapheme_nbest, syllable_nbest = self.search(grapheme_log_probs, syllable_log_probs, lengths)
         return self.combine(grapheme_nbest, syllable_nbest, grapheme_log_probs, syllable_log_probs, lengths)
 
     def decode(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> list[str]:
         """Best joint transcript per utterance."""
-        return [hyps[0].text if hyps else "" for hyps in self.nbest(grapheme_log_probs, syllable_log_probs, lengths)]
+        return [
+            hyps[0].text if hyps else ""
+            for hyps in self.nbest(grapheme_log_probs, syllable_log_probs, lengths)
+        ]
