@@ -16,6 +16,7 @@ What pyctcdecode does with our labels (checked against pyctcdecode 0.5 decoder.p
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import unicodedata
 import warnings
@@ -74,6 +75,25 @@ class BeamSearchConfig:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
         if self.nbest is not None and self.nbest < 1:
             raise ValueError(f"nbest must be >= 1 or None, got {self.nbest}")
+
+
+def _import_pyctcdecode() -> Any:
+    """Import pyctcdecode without its import-time "kenlm python bindings are not installed" warning.
+
+    Most decoding runs without a language model; asking for one without kenlm raises a clear
+    ImportError in BeamSearchDecoder instead.
+    """
+    loggers = [logging.getLogger(f"pyctcdecode.{name}") for name in ("decoder", "language_model")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import pyctcdecode
+        import pyctcdecode.decoder
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    return pyctcdecode
 
 
 def _search_job(job: SearchJob) -> list[RawBeam]:
@@ -163,8 +183,7 @@ class BeamSearchDecoder(PoolOwner):
         self, vocab: Vocabulary, config: BeamSearchConfig = BeamSearchConfig(), *, num_processes: int = 0
     ) -> None:
         super().__init__(num_processes)
-        import pyctcdecode
-        import pyctcdecode.decoder
+        pyctcdecode = _import_pyctcdecode()
 
         self.vocab = vocab
         self.config = config
