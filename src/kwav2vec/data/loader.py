@@ -60,8 +60,8 @@ class ResumableDataLoader(DataLoader):
         name: used in log lines.
         **kwargs: DataLoader options (num_workers, pin_memory, persistent_workers, ...).
 
-    Counters, for the LightningModule to log: `skipped` (utterances dropped because their file
-    failed to load), `skipped_reasons` (by reason), `substituted_batches` (batches whose every file
+    Counters, for the LightningModule to log: `skipped` (failed loads: utterances dropped because their file
+    failed to load, stand-in attempts included), `skipped_reasons` (by reason), `substituted_batches` (batches whose every file
     failed, replaced by a one-utterance batch so every rank still makes the same number of steps).
     """
 

@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from kwav2vec.data.audio import SAMPLE_RATE, AudioError, is_silent, load_audio_with_info
@@ -258,7 +259,9 @@ def _check_all(candidates: list[Candidate], manifest_dir: str, options: PrepareO
     if options.workers <= 1:
         yield from tqdm((check_candidate(c, manifest_dir, options) for c in candidates), **bar)
         return
-    with ProcessPoolExecutor(options.workers) as pool:
+    # One torch thread per worker: forked children that run OpenMP regions the parent already
+    # used can deadlock (GNU OpenMP is not fork-safe); PyTorch's DataLoader workers do the same.
+    with ProcessPoolExecutor(options.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         n = len(candidates)
         results = pool.map(check_candidate, candidates, [manifest_dir] * n, [options] * n,
                            chunksize=max(1, min(256, n // (options.workers * 8) or 1)))

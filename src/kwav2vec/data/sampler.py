@@ -196,7 +196,7 @@ class BucketBatchSampler:
 
         Raises ValueError when the state comes from a different setup (seed, world size, number of
         batches), because a position in another batch list would silently replay or skip data."""
-        for key in ("seed", "num_batches", "world_size"):
+        for key in ("world_size", "seed", "num_batches"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"cannot resume the batch sampler: checkpoint has {key}={state[key]}, this run has "
