@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
+# name -> ("module" or "module:function", one-line help); the function (default `main`) takes the
+# remaining argv and returns an exit code (or None for 0).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {}
 
 
@@ -18,6 +19,8 @@ def register(name: str, module: str, help_text: str) -> None:
     SUBCOMMANDS[name] = (module, help_text)
 
 
+register("pretrain", "kwav2vec.train_cli:pretrain_main", "self-supervised wav2vec 2.0 pretraining (LightningCLI: fit, validate)")
+register("finetune", "kwav2vec.train_cli:finetune_main", "multi-task grapheme + syllable CTC fine-tuning (LightningCLI: fit, validate, test)")
 register("normalize", "kwav2vec.text.cli", "normalize transcripts and show jamo/syllable tokens")
 register("prepare", "kwav2vec.data.prepare_cli", "check a corpus and write its manifest, rejects, report and vocabularies")
 
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"kwav2vec: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    code = module.main(rest)
+    module_name, _, function = SUBCOMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
+    code = entry(rest)
     return int(code or 0)
 
 
