@@ -173,3 +173,29 @@ def test_loader_state_counts_batches_received_not_prefetched(num_workers):
     second.load_state_dict(state)
     assert taken + [b["ids"] for b in second] == expected
     assert torch.utils.data.get_worker_info() is None
+
+
+def _rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        sampler = BucketBatchSampler(realistic_lengths(301), 30 * SR, seed=9)  # rank and size from the group
+        sampler.set_epoch(1)
+        np.save(f"{out_dir}/rank{rank}.npy", np.array([sampler.rank, sampler.world_size, len(sampler),
+                                                        *[i for b in sampler for i in b]]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    # fork: the children only build index lists, and spawn would re-import torch (seconds per process).
+    mp.start_processes(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+    got = [np.load(tmp_path / f"rank{r}.npy") for r in range(2)]
+    assert [g[:2].tolist() for g in got] == [[0, 2], [1, 2]] and got[0][2] == got[1][2]
+    expected = [BucketBatchSampler(realistic_lengths(301), 30 * SR, seed=9, rank=r, world_size=2) for r in range(2)]
+    for r in range(2):
+        expected[r].set_epoch(1)
+        assert got[r][3:].tolist() == [i for b in expected[r] for i in b]
