@@ -61,16 +61,17 @@ def num_frames(num_samples: int | np.ndarray, receptive_field: int = RECEPTIVE_F
                samples_per_frame: int = SAMPLES_PER_FRAME) -> int | np.ndarray:
     """Frames the conv encoder makes of `num_samples` samples (0 below the receptive field). For
     the standard stack this equals the layer-by-layer formula exactly."""
+    if isinstance(num_samples, (int, np.integer)):  # the common case, without numpy's overhead
+        n = int(num_samples)
+        return 0 if n < receptive_field else (n - receptive_field) // samples_per_frame + 1
     n = np.asarray(num_samples)
-    frames = np.where(n < receptive_field, 0, (n - receptive_field) // samples_per_frame + 1)
-    return int(frames) if frames.ndim == 0 else frames
+    return np.where(n < receptive_field, 0, (n - receptive_field) // samples_per_frame + 1)
 
 
-def ctc_min_frames(targets: Sequence[int]) -> int:
+def ctc_min_frames(targets: Sequence) -> int:
     """Shortest input CTC can align with `targets`: one frame per label plus a blank between
     repeated labels."""
-    t = np.asarray(targets)
-    return int(len(t) + (np.count_nonzero(t[1:] == t[:-1]) if len(t) > 1 else 0))
+    return len(targets) + sum(1 for a, b in zip(targets, targets[1:], strict=False) if a == b)
 
 
 class AudioDataset(Dataset):
@@ -186,8 +187,8 @@ class LabeledAudioDataset(AudioDataset):
         for e in entries:
             if e.norm is None:
                 raise ValueError(f"{self.name}: utterance {e.id!r} has no 'norm' transcript")
-            graphemes = np.asarray(self.grapheme_vocab.encode(e.norm), dtype=np.int32)
-            syllables = np.asarray(self.syllable_vocab.encode(e.norm), dtype=np.int32)
+            graphemes = self.grapheme_vocab.encode(e.norm)
+            syllables = self.syllable_vocab.encode(e.norm)
             if len(graphemes) == 0 or len(syllables) == 0:
                 self.filtered["empty-target"] += 1
                 continue
@@ -196,7 +197,8 @@ class LabeledAudioDataset(AudioDataset):
                 self.filtered["ctc-infeasible"] += 1
                 continue
             kept.append(e)
-            self._targets.append((graphemes, syllables))
+            # int32 arrays: a fraction of the memory of lists of Python ints, for every worker's copy.
+            self._targets.append((np.array(graphemes, dtype=np.int32), np.array(syllables, dtype=np.int32)))
         return kept
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedItem:
