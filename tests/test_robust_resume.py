@@ -1,0 +1,113 @@
+"""Exact mid-epoch resume through a real Lightning Trainer: a run killed after k steps and resumed
+from its last checkpoint (`Trainer.fit(ckpt_path=...)`) sees the same batches and computes the same
+losses as an uninterrupted run, on CPU. The losses only match when the RNG states (masks,
+distractors, Gumbel noise, dropout) are resumed too: `RNGStateCallback`.
+
+Batch-order resume alone (including the `estimated_stepping_batches` trap and worker prefetch) is
+tested by the data stream in tests/test_data_resume.py; here it is the whole training state."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from robust_utils import StepRecorder, parameters, pretrain_corpus, pretrain_data, pretrainer, trainer
+
+from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
+from kwav2vec.lit.rng_state import RNGStateCallback
+
+TOTAL = 9  # steps: more than one epoch of 6-7 batches
+STOP = 4  # killed mid-epoch, after the checkpoint of step 4
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAt(pl.Callback):
+    """Dies at the start of the step after global step `k`, i.e. after the checkpoint of step `k` was written."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.k:
+            raise Killed(f"simulated crash at step {self.k}")
+
+
+def _run(root, make_module, make_data, *, kill_at=None, ckpt_path=None, rng=True):
+    pl.seed_everything(0, verbose=False)
+    module, data, rec = make_module(), make_data(), StepRecorder()
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=STOP, save_top_k=0, save_last=True)
+    callbacks = [rec, ckpt] + ([RNGStateCallback()] if rng else []) + ([KillAt(kill_at)] if kill_at else [])
+    t = trainer(root, TOTAL, callbacks, plugins=[AtomicCheckpointIO()])
+    if kill_at is None:
+        t.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    else:
+        with pytest.raises(Killed):
+            t.fit(module, datamodule=data)
+    return rec, module, root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(tmp_path_factory):
+    """(uninterrupted, killed, resumed) pretraining runs with RNG states in the checkpoints."""
+    root = tmp_path_factory.mktemp("resume_pretrain")
+    manifest = pretrain_corpus(root / "data")
+
+    def module():
+        return pretrainer(TOTAL)
+
+    def data():
+        return pretrain_data(manifest)
+
+    full = _run(root / "full", module, data)
+    killed = _run(root / "killed", module, data, kill_at=STOP)
+    resumed = _run(root / "resumed", module, data, ckpt_path=killed[2])
+    return full, killed, resumed, (root, module, data)
+
+
+def test_pretraining_resume_sees_the_same_batches(pretrain_runs):
+    (full, _, _), (killed, _, _), (resumed, _, _), _ = pretrain_runs
+    assert len(full.steps) == TOTAL and len(killed.steps) == STOP
+    assert killed.ids == full.ids[:STOP]
+    assert resumed.ids == full.ids[STOP:]
+    assert [s[0] for s in resumed.steps] == list(range(STOP + 1, TOTAL + 1))  # global steps continue
+
+
+def test_pretraining_resume_computes_the_same_losses_and_weights(pretrain_runs):
+    (full, full_module, _), (killed, _, _), (resumed, resumed_module, _), _ = pretrain_runs
+    assert killed.losses == full.losses[:STOP]
+    # bitwise: same batches, same random draws, same arithmetic
+    assert resumed.losses == full.losses[STOP:]
+    for name, value in parameters(full_module).items():
+        torch.testing.assert_close(parameters(resumed_module)[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_without_rng_states_the_resumed_losses_differ(pretrain_runs):
+    """The control for the test above: it can fail. Without RNGStateCallback the batches still match
+    but the masks/distractors/dropout do not, so the losses differ."""
+    (full, _, _), (_, _, ckpt), _, (root, module, data) = pretrain_runs
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)  # RNG states load as plain data
+    assert any("RNGStateCallback" in key for key in blob["callbacks"])
+    resumed, _, _ = _run(root / "resumed_no_rng", module, data, ckpt_path=ckpt, rng=False)
+    assert resumed.ids == full.ids[STOP:]
+    assert resumed.losses != full.losses[STOP:]
+
+
+def test_pretrainer_does_not_build_the_train_dataloader_in_configure_optimizers(tmp_path):
+    """DESIGN.md trap: `trainer.estimated_stepping_batches` in configure_optimizers builds the train
+    dataloader before Lightning restores its position. Our DataModules survive it (their own
+    state_dict, tests/test_data_resume.py), but a plain DataLoader would not: keep the Pretrainer off it."""
+    module = pretrainer(TOTAL)
+    t = trainer(tmp_path, TOTAL)
+    module.trainer = t  # configure_optimizers reads only hparams and max_steps
+    calls = []
+    original = type(t).estimated_stepping_batches
+    try:
+        type(t).estimated_stepping_batches = property(lambda self: calls.append(1) or 1)
+        module.configure_optimizers()
+    finally:
+        type(t).estimated_stepping_batches = original
+    assert calls == []
