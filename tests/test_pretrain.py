@@ -160,6 +160,21 @@ def test_validation_logs_and_optimizer_settings():
         assert key in t.callback_metrics, key
 
 
+def test_lightning_cli_exposes_hyperparameters(monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["kwav2vec-pretrain"])
+    cli = LightningCLI(
+        Pretrainer, run=False, save_config_callback=None, seed_everything_default=False,
+        args=["--model.model=tiny", "--model.lr=0.001", "--model.betas=[0.9, 0.99]",
+              "--model.model_overrides={encoder_layers: 1, mask_prob: 0.5}", "--model.total_steps=10",
+              "--trainer.logger=false", "--trainer.accelerator=cpu"],
+    )
+    module = cli.model
+    assert module.hparams.lr == 0.001 and tuple(module.hparams.betas) == (0.9, 0.99)
+    assert module.config.encoder_layers == 1 and module.config.mask_prob == 0.5
+
+
 def test_bad_batch_names_keys():
     module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10)
     with pytest.raises(KeyError, match="audio_lengths"):

@@ -1,0 +1,220 @@
+"""Pretraining step: ours (kwav2vec Wav2Vec2Model) vs Hugging Face `Wav2Vec2ForPreTraining`.
+
+    .venv/bin/python bench/train_step.py                       # base + tiny, 4 x 4 s and 2 x 15.6 s
+    .venv/bin/python bench/train_step.py --presets tiny --repeats 10 --shapes 4x4.0
+
+What is timed: one full training step = mask + distractor sampling, forward, loss, backward, AdamW
+step, zero_grad. For Hugging Face the step includes its own numpy `_compute_mask_indices` and
+`_sample_negative_indices` (as its pretraining example does every step) and its loss divided by the
+number of masked frames. Both use the same architecture (config translated field by field), the same
+batch, training mode (dropouts on), and the same optimizer (torch AdamW, fused kernel) so the optimizer
+is not what is compared. Each implementation lives in its own worker process with the same thread
+count; the parent alternates single steps between them (interleaved, order flipped every round) so
+machine load drifts hit both equally. Printed: median step time and the ratio ours / HF.
+
+Memory method (separate workers, after one warmup step): peak resident set size (RSS) *growth during a
+step*. Before the step the worker
+collects garbage, reads VmRSS, and resets the kernel's high-water mark (`echo 5 > /proc/self/clear_refs`);
+after the step it reads VmHWM. Peak = VmHWM - VmRSS-before, i.e. activations, gradients and temporaries
+on top of the resident weights and optimizer state (the same for both: equal parameter counts). These
+workers run with MALLOC_MMAP_THRESHOLD_=65536 so every tensor over 64 KiB is its own mmap, returned to
+the OS when freed; RSS then follows live tensor memory instead of glibc's cached heap. That setting
+slows allocation, so the timed steps run in other workers with the normal allocator. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+SAMPLE_RATE = 16000
+
+
+def hf_config(cfg):
+    """Our Wav2Vec2Config -> transformers.Wav2Vec2Config with the same architecture and task."""
+    import transformers
+
+    layers = cfg.conv_layers
+    return transformers.Wav2Vec2Config(
+        conv_dim=[c for c, _, _ in layers], conv_kernel=[k for _, k, _ in layers],
+        conv_stride=[s for _, _, s in layers], conv_bias=cfg.conv_bias,
+        feat_extract_norm="layer" if cfg.extractor_mode == "layer_norm" else "group",
+        do_stable_layer_norm=cfg.layer_norm_first,
+        hidden_size=cfg.encoder_embed_dim, num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=cfg.encoder_attention_heads, intermediate_size=cfg.encoder_ffn_embed_dim,
+        num_conv_pos_embeddings=cfg.conv_pos, num_conv_pos_embedding_groups=cfg.conv_pos_groups,
+        hidden_dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout, feat_proj_dropout=cfg.dropout_input,
+        feat_quantizer_dropout=cfg.dropout_features, layerdrop=cfg.encoder_layerdrop,
+        num_codevectors_per_group=cfg.latent_vars, num_codevector_groups=cfg.latent_groups,
+        codevector_dim=cfg.vq_dim, proj_codevector_dim=cfg.final_dim_, num_negatives=cfg.num_negatives,
+        contrastive_logits_temperature=cfg.logit_temp, diversity_loss_weight=0.1,
+        mask_time_prob=cfg.mask_prob, mask_time_length=cfg.mask_length, mask_time_min_masks=cfg.mask_min_masks,
+    )
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int, conn) -> None:
+    import numpy as np
+    import torch
+
+    from kwav2vec.models.config import preset
+    from kwav2vec.models.losses import pretraining_loss
+    from kwav2vec.models.wav2vec2 import Wav2Vec2Model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cfg = preset(preset_name)
+    S = int(round(seconds * SAMPLE_RATE))
+    audio = torch.randn(batch, S)
+    lengths = torch.full((batch,), S, dtype=torch.long)
+
+    if impl == "ours":
+        model = Wav2Vec2Model(cfg).train()
+
+        def step(i: int) -> None:
+            model.set_num_updates(i)
+            loss = pretraining_loss(model(audio, lengths))["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        import transformers
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (
+            _compute_mask_indices,
+            _sample_negative_indices,
+        )
+
+        transformers.logging.set_verbosity_error()
+        model = transformers.Wav2Vec2ForPreTraining(hf_config(cfg)).train()
+        T = int(model._get_feat_extract_output_lengths(S))
+        max_t, min_t, decay = cfg.latent_temp
+
+        def step(i: int) -> None:
+            # as in transformers' examples/pytorch/speech-pretraining/run_wav2vec2_pretraining_no_trainer.py
+            mask = _compute_mask_indices((batch, T), cfg.mask_prob, cfg.mask_length, min_masks=cfg.mask_min_masks)
+            neg = _sample_negative_indices((batch, T), cfg.num_negatives, mask)
+            mask_t = torch.tensor(mask, dtype=torch.bool)
+            neg_t = torch.tensor(neg, dtype=torch.long)
+            model.set_gumbel_temperature(max(max_t * decay**i, min_t))
+            out = model(audio, mask_time_indices=mask_t, sampled_negative_indices=neg_t)
+            (out.loss / mask_t.sum()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=True)
+    params = sum(p.numel() for p in model.parameters())
+    conn.send(("ready", params))
+    i = 0
+    while True:
+        msg = conn.recv()
+        if msg == "stop":
+            break
+        gc.collect()
+        before = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS high-water mark
+        t0 = time.perf_counter()
+        step(i)
+        elapsed = time.perf_counter() - t0
+        peak = _rss_kib("VmHWM") - before
+        conn.send((elapsed, peak * 1024))
+        i += 1
+
+
+def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup: int, threads: int,
+                malloc_mmap: bool) -> tuple[dict, dict, dict]:
+    """Steps both implementations alternately in two worker processes; returns params, times, peaks."""
+    ctx = mp.get_context("spawn")
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if malloc_mmap:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the worker starts
+    else:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    workers = {}
+    try:
+        for impl in ("ours", "hf"):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker, args=(impl, preset_name, batch, seconds, threads, child), daemon=True)
+            p.start()
+            workers[impl] = (p, parent)
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    params = {impl: conn.recv()[1] for impl, (_, conn) in workers.items()}
+    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    peaks: dict[str, list[int]] = {"ours": [], "hf": []}
+    for r in range(warmup + steps):
+        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
+        for impl in order:  # one step at a time: the other worker idles meanwhile
+            conn = workers[impl][1]
+            conn.send("step")
+            elapsed, peak = conn.recv()
+            if r >= warmup:
+                times[impl].append(elapsed)
+                peaks[impl].append(peak)
+    for p, conn in workers.values():
+        conn.send("stop")
+        p.join(timeout=30)
+    return params, times, peaks
+
+
+def compare(preset_name: str, batch: int, seconds: float, repeats: int, warmup: int, threads: int) -> dict:
+    # timing with the normal allocator; memory in separate workers with every tensor mmapped (see docstring)
+    params, times, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
+    _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mem = {k: statistics.median(v) for k, v in peaks.items()}
+    return {"params": params, "time": med, "mem": mem}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["base", "tiny"], help="model presets to compare")
+    ap.add_argument("--shapes", nargs="+", default=["4x4.0", "2x15.6"], help="batches as <utterances>x<seconds>")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per implementation and case")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)), help="torch threads")
+    args = ap.parse_args(argv)
+    if not Path("/proc/self/clear_refs").exists():
+        print("this benchmark measures memory through /proc (Linux only)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    print(f"threads={args.threads} repeats={args.repeats} warmup={args.warmup} (median over repeats)")
+    header = f"{'preset':<6} {'batch':<8} {'params':>11} {'ours s':>8} {'HF s':>8} {'time ratio':>10} " \
+             f"{'ours MiB':>9} {'HF MiB':>9} {'mem ratio':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in args.presets:
+        for shape in args.shapes:
+            b, s = shape.lower().split("x")
+            res = compare(name, int(b), float(s), args.repeats, args.warmup, args.threads)
+            t, m = res["time"], res["mem"]
+            print(f"{name:<6} {shape:<8} {res['params']['ours']:>11,} {t['ours']:>8.3f} {t['hf']:>8.3f} "
+                  f"{t['ours'] / t['hf']:>10.2f} {m['ours'] / 2**20:>9.1f} {m['hf'] / 2**20:>9.1f} "
+                  f"{m['ours'] / m['hf']:>9.2f}", flush=True)
+    print("goal: time ratio <= 0.75, memory ratio <= 0.9 (ours / HF; lower is better)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
