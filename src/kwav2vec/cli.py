@@ -23,6 +23,8 @@ register("pretrain", "kwav2vec.train_cli:pretrain_main", "self-supervised wav2ve
 register("finetune", "kwav2vec.train_cli:finetune_main", "multi-task grapheme + syllable CTC fine-tuning (LightningCLI: fit, validate, test)")
 register("normalize", "kwav2vec.text.cli", "normalize transcripts and show jamo/syllable tokens")
 register("prepare", "kwav2vec.data.prepare_cli", "check a corpus and write its manifest, rejects, report and vocabularies")
+register("transcribe", "kwav2vec.inference.transcribe", "print the transcript of audio files (greedy, beam or joint decoding)")
+register("evaluate", "kwav2vec.inference.evaluate", "decode a labelled manifest: per-utterance TSV, CER/WER/sWER/JER/OOV summary, timing")
 
 
 def usage() -> str:

@@ -1,0 +1,149 @@
+"""`kwav2vec evaluate CKPT MANIFEST`: decode a labelled manifest and score it.
+
+    kwav2vec evaluate runs/finetune/.../last.ckpt data/demo/test.jsonl --decoder greedy joint:union joint:rescore
+    kwav2vec evaluate CKPT test.jsonl --decoder joint --trainer.accelerator gpu --trainer.devices 4 --trainer.strategy ddp
+
+One forward pass feeds every decoder given. Writes to --out (default runs/evaluate/<manifest name>):
+- `<decoder>.tsv`: id, ref, hyp, char_errors, ref_chars per utterance, in manifest order
+  (see `kwav2vec.inference.report`);
+- `summary.json`: per decoder CER, WER, sWER, jamo error rate, OOV-syllable recovery (known
+  syllables = the checkpoint's syllable vocabulary), decoding time and real-time factors; run info.
+Prints a table per run. Seconds are compute seconds summed over ranks; RTF = seconds / audio seconds
+(`decode_rtf`: the decoder alone, `total_rtf`: forward pass + decoder).
+
+Utterances whose reference is empty after normalisation are left out (their error rate is
+undefined) and listed. Utterances whose audio cannot be read are listed in the summary and on
+stderr, the rest is scored, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kwav2vec.data.audio import SAMPLE_RATE
+from kwav2vec.data.manifest import ManifestError, read_manifest
+from kwav2vec.inference.decoders import MultiDecoder, add_decoder_arguments, check_heads, parse_decoders
+from kwav2vec.inference.predict import (
+    Source,
+    add_batching_arguments,
+    add_trainer_arguments,
+    load_finetuner,
+    quiet_lightning,
+    run_prediction,
+)
+from kwav2vec.inference.report import format_table, metrics_summary, scored_rows, write_json, write_tsv
+from kwav2vec.metrics import normalize_for_scoring
+
+PROG = "kwav2vec evaluate"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    parser.add_argument("manifest", help="JSONL manifest with `norm` transcripts")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/evaluate/<manifest name>)")
+    parser.add_argument("--audio-root", default=None, help="folder relative audio paths are resolved against")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_decoder_arguments(parser, multiple=True)
+    add_batching_arguments(parser)
+    add_trainer_arguments(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_lightning()
+    try:
+        names = parse_decoders(args.decoder, args.head, args.joint_mode)
+        entries = read_manifest(args.manifest, audio_root=args.audio_root, require_norm=True)
+        model = load_finetuner(args.checkpoint)
+        check_heads(names, model.heads_used)
+    except (ValueError, FileNotFoundError, ManifestError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+    empty = [e.id for e in entries if not normalize_for_scoring(e.norm or "")]
+    entries = [e for e in entries if normalize_for_scoring(e.norm or "")]
+    if not entries:
+        print(f"{PROG}: error: {args.manifest}: no utterance with a non-empty reference", file=sys.stderr)
+        return 2
+    sources = [Source(i, e.id, e.path, e.num_samples, e.norm) for i, e in enumerate(entries)]
+
+    def make_decoder(module) -> MultiDecoder:
+        return MultiDecoder(
+            names, module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
+            syllable_weight=args.syllable_weight, num_processes=args.decode_workers,
+        )
+
+    gathered, wall, world_size = run_prediction(model, sources, make_decoder, args, progress_bar=not args.no_progress)
+    if gathered is None:  # not rank 0: rank 0 writes and prints
+        return 0
+
+    results = {u.index: u for part in gathered for u in part.utterances}
+    skipped = sorted((s for part in gathered for s in part.skipped), key=lambda s: s["index"])
+    order = sorted(results)
+    audio_seconds = sum(results[i].num_samples for i in order) / SAMPLE_RATE
+    forward_seconds = sum(part.forward_seconds for part in gathered)
+    out_dir = Path(args.out or os.path.join("runs", "evaluate", Path(args.manifest).stem))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    known = model.syllable_vocab.symbols
+    decoders = {}
+    for name in names:
+        rows = scored_rows(
+            [sources[i].id for i in order], [sources[i].ref for i in order],
+            [results[i].decoded[name].text for i in order],
+        )
+        write_tsv(out_dir / f"{name}.tsv", rows)
+        decode_seconds = sum(part.decode_seconds.get(name, 0.0) for part in gathered)
+        compute = forward_seconds + decode_seconds
+        decoders[name] = {
+            "tsv": f"{name}.tsv",
+            "metrics": metrics_summary(rows, known) if rows else None,
+            "timing": {
+                "decode_seconds": decode_seconds,
+                "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,
+                "total_rtf": compute / audio_seconds if audio_seconds else None,
+                "utterances_per_second": len(order) / compute if compute else None,
+            },
+        }
+    summary = {
+        "checkpoint": os.path.abspath(args.checkpoint),
+        "manifest": os.path.abspath(args.manifest),
+        "utterances": len(entries) + len(empty),
+        "scored": len(order),
+        "skipped": skipped,
+        "empty_references": empty,
+        "audio_seconds": audio_seconds,
+        "forward_seconds": forward_seconds,
+        "forward_rtf": forward_seconds / audio_seconds if audio_seconds else None,
+        "wall_seconds": wall,
+        "world_size": world_size,
+        "ranks": [
+            {"rank": part.rank, "utterances": len(part.utterances), "skipped": len(part.skipped),
+             "batches": part.batches, "forward_seconds": part.forward_seconds}
+            for part in gathered
+        ],
+        "beam_width": args.beam_width,
+        "syllable_weight": args.syllable_weight,
+        "known_syllables": len(known),
+        "decoders": decoders,
+    }
+    write_json(out_dir / "summary.json", summary)
+
+    print(f"{args.manifest}: {len(order)} utterances, {audio_seconds:.1f} s of audio, "
+          f"{world_size} process(es), {wall:.1f} s wall")
+    if order:
+        print(format_table(decoders))
+    print(f"wrote {out_dir}/summary.json and {', '.join(f'{n}.tsv' for n in names)}")
+    if empty:
+        print(f"{PROG}: left out {len(empty)} utterance(s) with an empty reference: {', '.join(empty[:5])}",
+              file=sys.stderr)
+    for s in skipped:
+        print(f"{PROG}: cannot read {s['path']} (utterance {s['id']}): {s['reason']}: {s['detail']}", file=sys.stderr)
+    return 1 if skipped or not order else 0

@@ -1,0 +1,368 @@
+"""Inference through Lightning's predict loop, sharded over processes, results gathered once.
+
+    sources ─▶ PredictDataModule (length-sorted batches, batch i on rank i % world_size)
+            ─▶ HierarchicalFineTuner.predict_step (log-probs of both heads, on the rank's device)
+            ─▶ DecodingWriter (decodes each batch on its rank's CPU, keeps only the results)
+            ─▶ gather_results (every rank's results to rank 0, checked: each utterance exactly once)
+
+Sharding: Lightning's DistributedSampler pads the last shard by repeating utterances, which would
+count them twice. Here every rank builds the same batch list from the lengths and takes every
+world_size-th batch, so the shards are disjoint and cover the input; ranks may get one batch more
+or less than each other, which the predict loop tolerates (it has no collective per step, and the
+model is not wrapped in DistributedDataParallel outside fitting). Decoding runs where the
+log-probs are, so nothing larger than the texts crosses processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from kwav2vec.data.audio import AudioError, load_audio
+from kwav2vec.data.collate import pad_1d
+from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
+from kwav2vec.data.sampler import pack_batches
+from kwav2vec.inference.decoders import Decoded, MultiDecoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SAMPLES_PER_BATCH = 1_600_000  # 100 s of 16 kHz audio per batch (padded)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One utterance to recognise."""
+
+    index: int  # position in the input (manifest line order / command-line order): the output order
+    id: str  # utterance id (the path itself for `transcribe`)
+    path: str  # audio file
+    num_samples: int  # length at 16 kHz, for batching (an estimate is fine)
+    ref: str | None = None  # reference transcript (evaluation)
+
+
+@dataclass
+class UtteranceResult:
+    """Everything kept of one utterance (small: texts and a few numbers)."""
+
+    index: int
+    id: str
+    path: str
+    num_samples: int  # loaded length at 16 kHz
+    frames: int  # encoder frames
+    decoded: dict[str, Decoded] = field(default_factory=dict)  # decoder name -> result
+
+
+@dataclass
+class RankResults:
+    """What one rank sends to rank 0."""
+
+    rank: int
+    utterances: list[UtteranceResult] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # utterances whose audio failed to load
+    forward_seconds: float = 0.0  # predict_step time (model forward incl. device transfers back)
+    decode_seconds: dict[str, float] = field(default_factory=dict)  # per decoder, as if run alone
+    batches: int = 0
+
+
+# ------------------------------------------------------------------------------------------- data
+class PredictDataset(Dataset):
+    """Loads a source's audio (16 kHz mono float32); unreadable files become `SkippedItem`s."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.sources = list(sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> dict | SkippedItem:
+        src = self.sources[i]
+        try:
+            wav = load_audio(src.path)  # (S,)
+        except AudioError as err:
+            return SkippedItem(src.index, src.id, err.path, err.reason, err.detail)
+        return {"index": src.index, "id": src.id, "audio": wav}
+
+
+def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
+    """Batch: ids, indices, audio (B, S) zero-padded to at least one frame, audio_lengths (B,), skipped."""
+    good = [it for it in items if not isinstance(it, SkippedItem)]
+    skipped = [it.as_dict() for it in items if isinstance(it, SkippedItem)]
+    if good:
+        audio, lengths = pad_1d([it["audio"] for it in good], 0.0)
+    else:
+        audio, lengths = torch.zeros(0, RECEPTIVE_FIELD), torch.zeros(0, dtype=torch.long)
+    if audio.shape[1] < RECEPTIVE_FIELD:
+        # Clips shorter than one frame: the conv stack needs this much input; their true length
+        # (audio_lengths) still gives them 0 frames, i.e. an empty transcript.
+        audio = torch.nn.functional.pad(audio, (0, RECEPTIVE_FIELD - audio.shape[1]))
+    return {
+        "ids": [it["id"] for it in good],
+        "indices": [it["index"] for it in good],
+        "audio": audio,
+        "audio_lengths": lengths,
+        "skipped": skipped,
+    }
+
+
+def shard_batches(
+    lengths: Sequence[int], max_samples_per_batch: int, max_batch_size: int | None, rank: int, world_size: int
+) -> list[list[int]]:
+    """This rank's batches (positions into `lengths`): every rank packs the same length-sorted
+    batches and takes batch i when i % world_size == rank. Disjoint across ranks, covering all."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    # Longest first: an out-of-memory batch shows up at once, not at the end of a long run.
+    order = np.argsort(-lengths, kind="stable")
+    batches = pack_batches(lengths, order, max_samples_per_batch, max_batch_size)
+    return [b.tolist() for b in batches[rank::world_size]]
+
+
+class ShardBatchSampler:
+    """A fixed list of batches (a rank's shard). A class rather than a list: Lightning's predict loop
+    wraps the batch sampler and copies its attributes."""
+
+    drop_last = False  # every utterance of the shard is returned
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class PredictDataModule(pl.LightningDataModule):
+    """Predict batches over `sources`, sharded by the trainer's rank (run the Trainer with
+    `use_distributed_sampler=False` so Lightning keeps this sharding).
+
+    Args:
+        sources: the utterances, each with a length estimate for batching.
+        max_samples_per_batch: padded samples per batch (count × longest).
+        max_batch_size: optional cap on utterances per batch.
+        num_workers: DataLoader worker processes (audio loading).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        max_samples_per_batch: int = DEFAULT_MAX_SAMPLES_PER_BATCH,
+        max_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_samples_per_batch <= 0:
+            raise ValueError(f"max_samples_per_batch must be > 0, got {max_samples_per_batch}")
+        if max_batch_size is not None and max_batch_size <= 0:
+            raise ValueError(f"max_batch_size must be > 0 or None, got {max_batch_size}")
+        self.sources = list(sources)
+        self.max_samples_per_batch, self.max_batch_size = max_samples_per_batch, max_batch_size
+        self.num_workers = num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = shard_batches(
+            [s.num_samples for s in self.sources], self.max_samples_per_batch, self.max_batch_size, rank, world
+        )
+        return DataLoader(
+            PredictDataset(self.sources),
+            batch_sampler=ShardBatchSampler(batches),
+            collate_fn=collate_predict,
+            num_workers=self.num_workers,
+        )
+
+
+# ---------------------------------------------------------------------------------------- writer
+class DecodingWriter(pl.Callback):
+    """Decodes each predicted batch on its rank and keeps the per-utterance results.
+
+    `make_decoder(model)` builds the `MultiDecoder` once the model (and its vocabularies) is known.
+    """
+
+    def __init__(self, make_decoder: Callable[[pl.LightningModule], MultiDecoder]) -> None:
+        self.make_decoder = make_decoder
+        self.decoder: MultiDecoder | None = None
+        self.results = RankResults(rank=0)
+        self._sources: dict[int, Source] = {}
+        self._started = 0.0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results = RankResults(rank=trainer.global_rank)
+        self.decoder = self.make_decoder(pl_module)
+        datamodule = trainer.datamodule
+        self._sources = {s.index: s for s in getattr(datamodule, "sources", [])}
+
+    def on_predict_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._started = time.perf_counter()
+
+    def on_predict_batch_end(
+        self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        res = self.results
+        res.forward_seconds += time.perf_counter() - self._started
+        res.batches += 1
+        res.skipped.extend(batch["skipped"])
+        if list(outputs["ids"]) != list(batch["ids"]):
+            raise RuntimeError(
+                f"predict_step returned ids {list(outputs['ids'])[:5]}... for a batch of {list(batch['ids'])[:5]}..."
+            )
+        if not batch["ids"]:
+            return
+        assert self.decoder is not None
+        frames = outputs["frame_lengths"]  # (B,)
+        decoded = self.decoder.decode(outputs["grapheme_log_probs"], outputs["syllable_log_probs"], frames)
+        lengths = batch["audio_lengths"].tolist()
+        for b, (index, uid) in enumerate(zip(batch["indices"], batch["ids"], strict=True)):
+            res.utterances.append(
+                UtteranceResult(
+                    index=index, id=uid, path=self._sources[index].path if index in self._sources else "",
+                    num_samples=int(lengths[b]), frames=int(frames[b]),
+                    decoded={name: per_utt[b] for name, per_utt in decoded.items()},
+                )
+            )
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.decoder is not None:
+            self.results.decode_seconds = dict(self.decoder.seconds)
+            self.decoder.close()
+
+
+# ------------------------------------------------------------------------------------ gathering
+def gather_results(local: RankResults, num_sources: int) -> list[RankResults] | None:
+    """Every rank's results on rank 0 (None on the other ranks), checked for completeness.
+
+    Runs after the predict loop, so ranks without any batch (more ranks than batches) take part too.
+    Raises RuntimeError on rank 0 if an utterance is missing or appears twice.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[RankResults] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None  # type: ignore[list-item]
+        dist.gather_object(local, gathered, dst=0)
+        if dist.get_rank() != 0:
+            return None
+        assert gathered is not None
+    else:
+        gathered = [local]
+    seen: dict[int, int] = {}
+    for part in gathered:
+        for index in [u.index for u in part.utterances] + [s["index"] for s in part.skipped]:
+            seen[index] = seen.get(index, 0) + 1
+    doubled = sorted(i for i, n in seen.items() if n > 1)
+    missing = sorted(set(range(num_sources)) - set(seen))
+    if doubled or missing:
+        raise RuntimeError(
+            f"sharded prediction lost or doubled utterances: missing indices {missing[:10]}, "
+            f"doubled {doubled[:10]} (of {num_sources})"
+        )
+    return gathered
+
+
+# --------------------------------------------------------------------------------------- trainer
+def add_trainer_arguments(parser) -> None:
+    """`--trainer.*` flags handed to `lightning.Trainer` (the subset that matters for inference)."""
+    group = parser.add_argument_group("trainer (lightning.Trainer options for the predict loop)")
+    group.add_argument("--trainer.accelerator", dest="accelerator", default="auto",
+                       help="cpu, gpu, cuda, mps or auto (default: auto)")
+    group.add_argument("--trainer.devices", dest="devices", default="1",
+                       help="devices per node: a count, a list like 0,1, or auto (default: 1)")
+    group.add_argument("--trainer.strategy", dest="strategy", default="auto",
+                       help="auto, ddp, ... (several devices or nodes: ddp; default: auto)")
+    group.add_argument("--trainer.num_nodes", dest="num_nodes", type=int, default=1,
+                       help="number of nodes (default: 1)")
+    group.add_argument("--trainer.precision", dest="precision", default="32-true",
+                       help="32-true, bf16-mixed, 16-mixed (default: 32-true; log-softmax stays float32)")
+
+
+def _devices(value: str) -> int | str | list[int]:
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    return int(value)
+
+
+def make_trainer(args, callbacks: list[pl.Callback], progress_bar: bool) -> pl.Trainer:
+    """A Trainer for the predict loop from `add_trainer_arguments` flags: no logger, no checkpoints,
+    our own sharding (`use_distributed_sampler=False`)."""
+    return pl.Trainer(
+        accelerator=args.accelerator,
+        devices=_devices(str(args.devices)),
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+    )
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (GPU available..., worker-count hints) off the terminal."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # about our ShardBatchSampler, which returns every utterance of its shard by construction
+    warnings.filterwarnings("ignore", message=r".*custom batch sampler .* for prediction.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=r".*Mean of empty slice.*")  # pyctcdecode on a 0-frame clip
+    warnings.filterwarnings("ignore", message=r".*invalid value encountered in divide.*")
+
+
+def load_finetuner(path: str):
+    """`HierarchicalFineTuner.load_from_checkpoint(path)` on the CPU, in eval mode, with a clear error
+    for a missing file or a checkpoint of something else."""
+    from kwav2vec.lit.finetune import HierarchicalFineTuner
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        model = HierarchicalFineTuner.load_from_checkpoint(path, map_location="cpu")
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint ({type(err).__name__}: {err})") from err
+    model.eval()
+    return model
+
+
+def run_prediction(
+    model: pl.LightningModule,
+    sources: Sequence[Source],
+    make_decoder: Callable[[pl.LightningModule], MultiDecoder],
+    args,
+    *,
+    progress_bar: bool,
+) -> tuple[list[RankResults] | None, float, int]:
+    """Runs the predict loop over `sources` -> (every rank's results on rank 0 else None, wall
+    seconds of the loop, world size)."""
+    writer = DecodingWriter(make_decoder)
+    trainer = make_trainer(args, [writer], progress_bar)
+    datamodule = PredictDataModule(
+        sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers
+    )
+    start = time.perf_counter()
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    wall = time.perf_counter() - start
+    gathered = gather_results(writer.results, len(sources))
+    return gathered, wall, trainer.world_size
+
+
+def add_batching_arguments(parser) -> None:
+    parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
+                        help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
+    parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers loading audio (default 0)")

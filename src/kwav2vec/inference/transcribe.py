@@ -1,0 +1,132 @@
+"""`kwav2vec transcribe CKPT AUDIO...`: print the transcript of each audio file.
+
+    kwav2vec transcribe model.ckpt a.wav b.flac c.ogg          # path<TAB>text per file, input order
+    kwav2vec transcribe model.ckpt *.wav --decoder joint --joint-mode rescore --json --nbest 5
+
+Any format, sample rate and channel count soundfile reads (and headerless 16 kHz 16-bit `.pcm`):
+audio is resampled to 16 kHz and averaged to mono. `--json` prints one JSON document with the
+n-best list of each file (text, score and the per-head parts of the score; -inf is written null).
+
+A file that cannot be read is reported on stderr with its path and the reason; the other files are
+still transcribed, and the exit code is 1 (2 for a bad checkpoint or option). Runs through
+Lightning's predict loop, so `--trainer.devices/strategy/num_nodes` spread many files over devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import soundfile as sf
+
+from kwav2vec.data.audio import PCM_DTYPE, PCM_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
+from kwav2vec.decoding.beam import Hypothesis
+from kwav2vec.inference.decoders import MultiDecoder, add_decoder_arguments, check_heads, parse_decoders
+from kwav2vec.inference.predict import (
+    Source,
+    add_batching_arguments,
+    add_trainer_arguments,
+    load_finetuner,
+    quiet_lightning,
+    run_prediction,
+)
+
+PROG = "kwav2vec transcribe"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    parser.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, ... or 16 kHz 16-bit .pcm)")
+    parser.add_argument("--json", action="store_true", help="print n-best lists with scores as JSON")
+    parser.add_argument("--nbest", type=int, default=5, help="hypotheses per file with --json (default 5)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
+    add_decoder_arguments(parser, multiple=False)
+    add_batching_arguments(parser)
+    add_trainer_arguments(parser)
+    return parser
+
+
+def probe_num_samples(path: str) -> int:
+    """Length at 16 kHz from the file header (no decoding); AudioError naming the file if unusable."""
+    if not os.path.isfile(path):
+        raise AudioError(path, "missing", "no such file")
+    if path.lower().endswith(PCM_SUFFIXES):
+        return os.path.getsize(path) // PCM_DTYPE.itemsize
+    try:
+        info = sf.info(path)
+    except (sf.SoundFileError, RuntimeError, OSError):
+        return len(load_audio(path))  # raises the data layer's AudioError (empty, unreadable, ...)
+    return math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _hypothesis_json(h: Hypothesis) -> dict:
+    return {"text": h.text, "score": _finite(h.score), "details": {k: _finite(v) for k, v in h.details.items()}}
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_lightning()
+    errors: list[tuple[str, str]] = []  # (path, message) in input order
+    sources = []
+    for path in args.audio:
+        try:
+            sources.append(Source(len(sources), path, path, probe_num_samples(path)))
+        except AudioError as err:
+            errors.append((path, f"{err.reason}: {err.detail}"))
+    try:
+        if args.nbest < 1:
+            raise ValueError(f"--nbest must be >= 1, got {args.nbest}")
+        (name,) = parse_decoders([args.decoder], args.head, args.joint_mode)
+        model = load_finetuner(args.checkpoint) if sources else None
+        if model is not None:
+            check_heads([name], model.heads_used)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+
+    results = {}
+    if sources:
+        def make_decoder(module) -> MultiDecoder:
+            return MultiDecoder(
+                [name], module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
+                nbest=args.nbest if args.json else 1, syllable_weight=args.syllable_weight,
+                num_processes=args.decode_workers,
+            )
+
+        gathered, _, _ = run_prediction(model, sources, make_decoder, args, progress_bar=args.progress)
+        if gathered is None:  # not rank 0
+            return 0
+        results = {u.path: u for part in gathered for u in part.utterances}
+        errors += [(s["path"], f"{s['reason']}: {s['detail']}") for part in gathered for s in part.skipped]
+
+    failed = dict(errors)
+    if args.json:
+        doc = {"decoder": name, "results": [], "errors": []}
+        for path in args.audio:
+            if path in failed:
+                doc["errors"].append({"path": path, "error": failed[path]})
+            elif path in results:
+                u = results[path]
+                d = u.decoded[name]
+                doc["results"].append({
+                    "path": path, "text": d.text, "score": _finite(d.score),
+                    "seconds": u.num_samples / SAMPLE_RATE, "nbest": [_hypothesis_json(h) for h in d.nbest],
+                })
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        for path in args.audio:
+            if path in results:
+                print(f"{path}\t{results[path].decoded[name].text}")
+    for path, message in errors:
+        print(f"{PROG}: cannot read {path}: {message}", file=sys.stderr)
+    return 1 if errors else 0
