@@ -1,0 +1,584 @@
+"""Hierarchical multi-task CTC fine-tuning (K-wav2vec): a grapheme head and a syllable head on one
+wav2vec 2.0 backbone, loss = λ·CTC_syllable + (1 − λ)·CTC_grapheme.
+
+Consumes the fine-tuning batch of the data layer (CONTRACTS.md): `ids`, `audio` (B, S),
+`audio_lengths` (B,), `graphemes` (B, Lg) + `grapheme_lengths` (B,) (needed when λ < 1),
+`syllables` (B, Ls) + `syllable_lengths` (B,) (needed when λ > 0), `texts` (validation/test only).
+Prediction needs only `ids`, `audio`, `audio_lengths`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from rapidfuzz.distance import Levenshtein
+
+from kwav2vec.decoding.greedy import greedy_decode
+from kwav2vec.lit.guards import NonFiniteGuard
+from kwav2vec.lit.pretrain import load_backbone_weights, read_backbone_checkpoint
+from kwav2vec.lit.schedules import tri_stage_schedule
+from kwav2vec.metrics import normalize_for_scoring, oov_recovery_counts, space_normalize
+from kwav2vec.models.config import Wav2Vec2Config, preset
+from kwav2vec.models.ctc_loss import CTCTerms, ctc_log_probs, ctc_terms, multitask_ctc_loss
+from kwav2vec.models.heads import GraphemeHead, SyllableHead
+from kwav2vec.models.wav2vec2 import Wav2Vec2Model
+from kwav2vec.text.hangul import decompose
+from kwav2vec.text.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
+
+HEADS = ("syllable", "grapheme")
+TARGET_KEYS = {"grapheme": ("graphemes", "grapheme_lengths"), "syllable": ("syllables", "syllable_lengths")}
+# Written into every checkpoint beside the hyper-parameters (see on_save_checkpoint).
+CHECKPOINT_KEY = "kwav2vec_finetune"
+CHECKPOINT_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _as_vocabulary(value: str | os.PathLike | dict | Vocabulary | None, kind: str) -> Vocabulary | None:
+    """A vocabulary from a JSON path, a `Vocabulary.to_dict()` dict (checkpoints) or a Vocabulary."""
+    if value is None or isinstance(value, Vocabulary):
+        vocab = value
+    elif isinstance(value, dict):
+        vocab = Vocabulary.from_dict(value, source=f"{kind} vocabulary in the checkpoint hyper-parameters")
+    else:
+        vocab = Vocabulary.load(value)
+    if vocab is not None and vocab.kind != kind:
+        raise ValueError(f"expected a {kind} vocabulary, got a {vocab.kind} one ({value!r:.200})")
+    return vocab
+
+
+def _lightning_backbone(blob: dict, path: str) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+    """(config, backbone state dict) of a Lightning checkpoint of our Pretrainer or fine-tuner."""
+    hp, state = blob["hyper_parameters"], blob["state_dict"]
+    if any(k.startswith("backbone.") for k in state):  # a HierarchicalFineTuner: its heads are not reused
+        if not isinstance(hp.get("backbone_config"), dict):
+            raise ValueError(f"{path}: fine-tuner checkpoint without 'backbone_config' in its hyper-parameters")
+        cfg, prefix = Wav2Vec2Config.from_dict(dict(hp["backbone_config"])), "backbone."
+    elif any(k.startswith("model.") for k in state):  # a Pretrainer: rebuild its config as it did
+        overrides = dict(hp.get("model_overrides") or {})
+        if hp.get("init_from"):
+            # the Pretrainer took its architecture from that file, so it must still be readable
+            try:
+                cfg, _ = read_backbone_checkpoint(hp["init_from"])
+            except (FileNotFoundError, ValueError) as e:
+                raise ValueError(
+                    f"{path}: this Pretrainer checkpoint took its architecture from init_from="
+                    f"{hp['init_from']!r}, which cannot be read ({e}); restore that file or convert the "
+                    "checkpoint to a backbone file"
+                ) from e
+            cfg = cfg.replace(**overrides) if overrides else cfg
+        else:
+            cfg = preset(hp.get("model", "base"), **overrides)
+        prefix = "model."
+    else:
+        raise ValueError(f"{path}: Lightning checkpoint with neither 'model.' nor 'backbone.' weights")
+    return cfg, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_init_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor] | None]:
+    """What `init_from` accepts -> (backbone config, backbone state dict or None).
+
+    - a converted backbone file from our importers ({"config", "state_dict"}): returns its config and
+      None (`load_init_weights` hands the file itself to the Pretrainer's loader);
+    - a Lightning checkpoint of our `Pretrainer` (backbone under "model.") or of a
+      `HierarchicalFineTuner` (backbone under "backbone."): config and the backbone's weights.
+    """
+    path = os.fspath(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no copy in RAM
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        blob = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except FileNotFoundError:
+        raise FileNotFoundError(f"init_from checkpoint {path!r} does not exist") from None
+    if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
+        cfg, _ = read_backbone_checkpoint(path)
+        return cfg, None
+    if isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob:
+        return _lightning_backbone(blob, path)
+    found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
+    raise ValueError(
+        f"{path}: neither a backbone file ({{'config', 'state_dict'}}) nor a Lightning checkpoint of the "
+        f"Pretrainer or HierarchicalFineTuner (found {found})"
+    )
+
+
+def load_init_weights(
+    model: Wav2Vec2Model,
+    path: str | os.PathLike,
+    init: tuple[Wav2Vec2Config, dict[str, torch.Tensor] | None] | None = None,
+) -> None:
+    """Loads `path` into `model` through the Pretrainer's `load_backbone_weights`, where the
+    architecture and key checks live. `init` is what `read_init_checkpoint(path)` returned (saves
+    reading the file twice). A Lightning checkpoint's backbone is first written as a backbone file to
+    a temporary folder, so the same checks apply to it."""
+    path = os.fspath(path)
+    cfg, state = init if init is not None else read_init_checkpoint(path)
+    if state is None:
+        load_backbone_weights(model, path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = os.path.join(tmp, "backbone.pt")
+        torch.save({"config": cfg.to_dict(), "state_dict": state}, converted)
+        try:
+            load_backbone_weights(model, converted)
+        except ValueError as e:
+            raise ValueError(str(e).replace(converted, path)) from None
+
+
+def edit_counts(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
+    """Numerators and denominators of kwav2vec.metrics' corpus rates, so they can be summed over
+    batches and ranks (averaging per-batch rates would weigh batches, not characters).
+
+    Keys: cer_err/cer_len, wer_err/wer_len, swer_err (over wer_len), jer_err/jer_len, utts, and
+    empty_refs (references empty after normalisation: their rates are undefined, they are skipped).
+    """
+    out: dict[str, float] = defaultdict(float)
+    for ref, hyp in zip(refs, hyps, strict=True):
+        ref, hyp = normalize_for_scoring(ref), normalize_for_scoring(hyp)
+        if not ref:
+            out["empty_refs"] += 1
+            continue
+        out["utts"] += 1
+        out["cer_err"] += Levenshtein.distance(ref, hyp)
+        out["cer_len"] += len(ref)
+        ref_words, hyp_words = ref.split(), hyp.split()
+        out["wer_err"] += Levenshtein.distance(ref_words, hyp_words)
+        out["wer_len"] += len(ref_words)
+        out["swer_err"] += Levenshtein.distance(ref_words, space_normalize(ref, hyp).split())
+        ref_jamo, hyp_jamo = decompose("".join(ref_words)), decompose("".join(hyp_words))
+        out["jer_err"] += Levenshtein.distance(ref_jamo, hyp_jamo)
+        out["jer_len"] += len(ref_jamo)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- module
+class HierarchicalFineTuner(pl.LightningModule):
+    """Grapheme + syllable CTC fine-tuning of a wav2vec 2.0 backbone (K-wav2vec's multi-task recipe).
+
+    Model: backbone -> GraphemeHead (dropout + linear over jamo) and SyllableHead (N transformer
+    layers of the backbone's width + linear over syllables). λ = `mtl_weight`; λ = 0 builds only the
+    grapheme head and λ = 1 only the syllable head, whose loss is then exactly single-task CTC.
+
+    Loss: per head, fairseq's token normalisation: summed per-utterance CTC over the feasible
+    utterances / their target tokens, the token count summed over all ranks (so under DDP the averaged
+    gradient is that of sum / global ntokens, whatever each rank's share). With gradient accumulation
+    every micro-batch is normalised by its own (global) token count and Lightning averages the
+    micro-batches. Utterances whose target cannot fit their frames (length + adjacent repeats >
+    frames) are excluded from the loss and counted: `train/ctc_infeasible` (any head), and
+    `train/ctc_infeasible_{grapheme,syllable}`. Log-softmax and CTC run in float32 with autocast off.
+
+    Trainer options, not arguments here: gradient clipping (`gradient_clip_val`, fairseq clips at
+    norm 0 = off by default for fine-tuning, K-wav2vec 0), gradient accumulation
+    (`accumulate_grad_batches`, fairseq `update_freq`), mixed precision (`precision="bf16-mixed"` or
+    "16-mixed"). Under DDP use `strategy="ddp_find_unused_parameters_true"` when
+    `freeze_backbone_updates` > 0 or `layerdrop` > 0 (some parameters get no gradient in a step).
+    `ModelCheckpoint` is the CLI's: monitor `val/cer` (mode "min").
+
+    Validation / test (logged under `val/` and `test/`, corpus rates from edit counts summed over
+    batches and ranks): per head h in {syllable, grapheme} (the grapheme head's jamo recomposed
+    into syllables): `cer_h`, `wer_h`, `swer_h`, `jer_h` (jamo error rate), `oov_recovery_h` (share
+    of reference syllables missing from the syllable vocabulary that come out right; NaN when there
+    are none), `loss_h`; `loss` (the λ-combination) and `ctc_infeasible`. `cer` is the lower CER of
+    the built heads: the best single-head greedy transcription, what checkpoint selection wants
+    (the joint decoder of both heads is evaluated separately).
+
+    Args:
+        model: backbone preset, "tiny" | "base" | "large" (ignored when `init_from` or
+            `backbone_config` give the architecture).
+        model_overrides: Wav2Vec2Config fields to change, e.g. {"encoder_layers": 2}.
+        init_from: backbone weights to start from: a converted backbone file from our importers
+            ({"config", "state_dict"}; fairseq / Hugging Face / K-wav2vec imports), a `Pretrainer`
+            Lightning checkpoint, or a `HierarchicalFineTuner` checkpoint (backbone only). None =
+            from scratch. Its config gives the architecture.
+        grapheme_vocabulary: grapheme vocabulary JSON path (or its `to_dict()`, as checkpoints store
+            it). None = taken from the datamodule (`FinetuneDataModule.grapheme_vocab`, by default
+            `vocab_grapheme.json` beside the train manifest) in `setup`; the heads are then built
+            there. If both are given they must be equal.
+        syllable_vocabulary: the same for the syllable vocabulary (also the "known syllables" of
+            the OOV-recovery metric, so it is used when present even with λ = 0).
+        mtl_weight: λ in [0, 1], weight of the syllable CTC (K-wav2vec: 0.5).
+        syllable_layers: transformer layers of the syllable head (K-wav2vec: 2).
+        final_dropout: dropout before both output projections (fairseq `final_dropout`).
+        dropout: backbone (and syllable head) residual dropout during fine-tuning (fairseq `dropout`).
+        attention_dropout: fairseq `attention_dropout`.
+        activation_dropout: fairseq `activation_dropout` (0.1 in fairseq's BASE fine-tuning configs).
+        dropout_input: dropout after the feature projection (fairseq `dropout_input`).
+        layerdrop: probability of skipping a backbone transformer layer (fairseq `layerdrop`).
+        mask_prob: time masking of the latent frames with `mask_emb`, fraction of span starts
+            (fairseq `mask_prob`; 0.5-0.75 in its recipes). Training only.
+        mask_length: time-mask span in frames (fairseq `mask_length`).
+        mask_channel_prob: channel masking, fraction of span starts (fairseq `mask_channel_prob`).
+        mask_channel_length: channel-mask span (fairseq `mask_channel_length`).
+        freeze_feature_encoder: keep the conv feature encoder fixed (fairseq `feature_grad_mult`
+            0.0): it runs without autograd and its weights are not optimised.
+        freeze_backbone_updates: the whole backbone runs without autograd, only the heads learn, for
+            the first N optimizer updates (fairseq `freeze_finetune_updates`).
+        lr: peak learning rate (backbone, and heads unless `head_lr`).
+        head_lr: optional separate peak learning rate of the heads (same schedule).
+        total_steps: updates of the tri-stage schedule; None = the Trainer's `max_steps`.
+        phase_ratio: warmup / hold / decay fractions of `total_steps` (fairseq `phase_ratio`).
+        init_lr_scale: warmup start as a fraction of the peak (fairseq `init_lr_scale`).
+        final_lr_scale: end of the decay as a fraction of the peak (fairseq `final_lr_scale`).
+        betas: AdamW betas (fairseq `adam_betas`).
+        eps: AdamW epsilon (fairseq `adam_eps`).
+        weight_decay: AdamW decoupled weight decay, all trained parameters (fairseq applies it to all).
+        backbone_config: a complete Wav2Vec2Config as a dict. Checkpoints store the resolved config
+            here so `load_from_checkpoint` needs no other file; leave None otherwise.
+    """
+
+    def __init__(
+        self,
+        model: str = "base",
+        model_overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        grapheme_vocabulary: str | dict | None = None,
+        syllable_vocabulary: str | dict | None = None,
+        mtl_weight: float = 0.5,
+        syllable_layers: int = 2,
+        final_dropout: float = 0.0,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.1,
+        dropout_input: float = 0.0,
+        layerdrop: float = 0.1,
+        mask_prob: float = 0.5,
+        mask_length: int = 10,
+        mask_channel_prob: float = 0.1,
+        mask_channel_length: int = 64,
+        freeze_feature_encoder: bool = True,
+        freeze_backbone_updates: int = 0,
+        lr: float = 5e-5,
+        head_lr: float | None = None,
+        total_steps: int | None = None,
+        phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5),
+        init_lr_scale: float = 0.01,
+        final_lr_scale: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        backbone_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mtl_weight <= 1.0:
+            raise ValueError(f"mtl_weight must lie in [0, 1], got {mtl_weight}")
+        if freeze_backbone_updates < 0:
+            raise ValueError(f"freeze_backbone_updates must be >= 0, got {freeze_backbone_updates}")
+        # the vocabularies can be large: logged hparams keep what was passed (paths); checkpoints get
+        # the resolved tokens in on_save_checkpoint
+        self.save_hyperparameters()
+        self.heads_used = tuple(h for h in HEADS if (mtl_weight > 0 if h == "syllable" else mtl_weight < 1))
+
+        init = None
+        if backbone_config is not None:
+            cfg = Wav2Vec2Config.from_dict(dict(backbone_config))
+        elif init_from is not None:
+            init = read_init_checkpoint(init_from)
+            cfg = init[0]
+        else:
+            cfg = preset(model)
+        cfg = cfg.replace(**dict(model_overrides or {}))
+        # fine-tuning values override the pretraining ones, as fairseq's `arg_overrides` do
+        cfg = cfg.replace(
+            dropout=dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
+            dropout_input=dropout_input, encoder_layerdrop=layerdrop,
+            **({"feature_grad_mult": 0.0} if freeze_feature_encoder else {}),
+        )
+        self.config = cfg
+        self.backbone = Wav2Vec2Model(cfg)
+        if init_from is not None:  # with backbone_config too: the loader checks the architectures agree
+            load_init_weights(self.backbone, init_from, init)
+        self.backbone.remove_pretraining_modules()  # quantizer and projections: pretraining only
+        if freeze_feature_encoder:
+            self.backbone.feature_extractor.requires_grad_(False)
+
+        self.grapheme_vocab = _as_vocabulary(grapheme_vocabulary, "grapheme")
+        self.syllable_vocab = _as_vocabulary(syllable_vocabulary, "syllable")
+        self.grapheme_head: GraphemeHead | None = None
+        self.syllable_head: SyllableHead | None = None
+        if self._vocabularies_complete():
+            self._build_heads()
+        self._counts: dict[str, float] = defaultdict(float)
+
+    # ------------------------------------------------------------------ construction
+    def _vocabularies_complete(self) -> bool:
+        return all(getattr(self, f"{h}_vocab") is not None for h in self.heads_used)
+
+    def _build_heads(self) -> None:
+        cfg, hp = self.config, self.hparams
+        D = cfg.encoder_embed_dim
+        if "grapheme" in self.heads_used and self.grapheme_head is None:
+            self.grapheme_head = GraphemeHead(D, len(self.grapheme_vocab), hp.final_dropout)
+        if "syllable" in self.heads_used and self.syllable_head is None:
+            self.syllable_head = SyllableHead(
+                D, len(self.syllable_vocab), hp.syllable_layers, cfg.encoder_ffn_embed_dim,
+                cfg.encoder_attention_heads, hp.dropout, hp.attention_dropout, hp.activation_dropout,
+                cfg.layer_norm_first, hp.final_dropout,
+            )
+
+    def setup(self, stage: str) -> None:
+        """Takes missing vocabularies from the datamodule and builds the heads (before the optimizer
+        and any checkpoint restore); checks given ones against the datamodule's."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for kind in ("grapheme", "syllable"):
+            theirs = getattr(datamodule, f"{kind}_vocab", None)
+            ours = getattr(self, f"{kind}_vocab")
+            if ours is None:
+                setattr(self, f"{kind}_vocab", theirs)
+            elif theirs is not None and theirs != ours:
+                raise ValueError(
+                    f"the model's {kind} vocabulary ({ours!r}) differs from the datamodule's ({theirs!r}): "
+                    "targets would be decoded with the wrong ids; use the vocabulary files the model was trained with"
+                )
+        if not self._vocabularies_complete():
+            missing = [h for h in self.heads_used if getattr(self, f"{h}_vocab") is None]
+            raise ValueError(
+                f"no {' / '.join(missing)} vocabulary: pass `{missing[0]}_vocabulary` to HierarchicalFineTuner or "
+                "use a datamodule with `grapheme_vocab` and `syllable_vocab` (FinetuneDataModule)"
+            )
+        self._build_heads()  # only the missing ones
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [NonFiniteGuard()]
+
+    # ------------------------------------------------------------------ forward
+    def _heads(self) -> dict[str, torch.nn.Module]:
+        heads = {"grapheme": self.grapheme_head, "syllable": self.syllable_head}
+        if any(heads[h] is None for h in self.heads_used):
+            raise RuntimeError(
+                "the output heads are not built yet: their vocabularies come from the datamodule in "
+                "`setup`; pass grapheme_vocabulary / syllable_vocabulary to use the model outside a Trainer"
+            )
+        return {h: heads[h] for h in self.heads_used}
+
+    def forward(
+        self, audio: torch.Tensor, audio_lengths: torch.Tensor | None = None, *, freeze_backbone: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """audio (B, S), audio_lengths (B,) -> ({head: float32 log-probs (B, T, V)}, frame_lengths (B,)).
+
+        Time/channel masking is applied in training mode only. `freeze_backbone` runs the backbone
+        without autograd (the heads still learn)."""
+        hp = self.hparams
+        heads = self._heads()
+        with torch.no_grad() if freeze_backbone else nullcontext():
+            x, frames = self.backbone.encode(
+                audio, audio_lengths,
+                mask_time_prob=hp.mask_prob, mask_time_length=hp.mask_length,
+                mask_channel_prob=hp.mask_channel_prob, mask_channel_length=hp.mask_channel_length,
+            )  # (B, T, D), (B,)
+        padding_mask = torch.arange(x.shape[1], device=x.device) >= frames[:, None]  # (B, T) True = pad
+        return {h: ctc_log_probs(head(x, padding_mask)) for h, head in heads.items()}, frames
+
+    @torch.no_grad()
+    def transcribe(self, audio: torch.Tensor, audio_lengths: torch.Tensor | None = None) -> dict[str, list[str]]:
+        """Greedy transcripts of each built head: {"grapheme": [...], "syllable": [...]} (eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            log_probs, frames = self(audio, audio_lengths)
+        finally:
+            self.train(was_training)
+        return {h: greedy_decode(lp, frames, getattr(self, f"{h}_vocab")) for h, lp in log_probs.items()}
+
+    # ------------------------------------------------------------------ loss
+    def _check_batch(self, batch: Any, with_targets: bool, with_texts: bool = False) -> None:
+        needed = ["audio", "audio_lengths"]
+        if with_targets:
+            needed += [k for h in self.heads_used for k in TARGET_KEYS[h]]
+        if with_texts:
+            needed += ["texts"]
+        if not isinstance(batch, dict) or any(k not in batch for k in needed):
+            found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise KeyError(f"fine-tuning batch needs keys {needed} (heads {list(self.heads_used)}), found {found}")
+
+    def _global_tokens(self, ntokens: torch.Tensor) -> torch.Tensor:
+        """Mean target tokens per rank (sum over ranks / world size): dividing each rank's loss sum by
+        it makes DDP's gradient average equal to d(sum over ranks)/d(.) / total tokens."""
+        n = ntokens.float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            n = self.trainer.strategy.reduce(n.clone(), reduce_op="sum") / self.trainer.world_size
+        return n.clamp(min=1.0)
+
+    def _loss(
+        self, log_probs: dict[str, torch.Tensor], frames: torch.Tensor, batch: dict
+    ) -> tuple[torch.Tensor, dict[str, CTCTerms], dict[str, torch.Tensor]]:
+        """-> (λ-combined loss, per-head CTC terms, per-head normalised losses)."""
+        terms, per_head = {}, {}
+        for h, lp in log_probs.items():
+            targets_key, lengths_key = TARGET_KEYS[h]
+            vocab = getattr(self, f"{h}_vocab")
+            terms[h] = ctc_terms(lp, frames, batch[targets_key], batch[lengths_key], vocab.blank_id)
+            per_head[h] = terms[h].loss_sum / self._global_tokens(terms[h].ntokens)
+        loss = multitask_ctc_loss(self.hparams.mtl_weight, per_head.get("syllable"), per_head.get("grapheme"))
+        return loss, terms, per_head
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._check_batch(batch, with_targets=True)
+        B = batch["audio"].shape[0]
+        if B == 0:  # every file of the batch failed to load: a zero step keeps DDP ranks in lockstep
+            log.warning("empty training batch %d (all utterances skipped)", batch_idx)
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        frozen = self.global_step < self.hparams.freeze_backbone_updates
+        log_probs, frames = self(batch["audio"], batch["audio_lengths"], freeze_backbone=frozen)
+        loss, terms, per_head = self._loss(log_probs, frames, batch)
+        infeasible = torch.stack([t.infeasible for t in terms.values()]).any(0).sum().float()
+        logs = {"train/loss": loss.detach(), "train/ctc_infeasible": infeasible}
+        logs.update({f"train/loss_{h}": v.detach() for h, v in per_head.items()})
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=B, prog_bar=False)
+        # counts also summed over the epoch, so none goes unseen between logging steps
+        self.log_dict(
+            {"train/ctc_infeasible_epoch": infeasible,
+             **{f"train/ctc_infeasible_{h}": t.infeasible.sum().float() for h, t in terms.items()}},
+            on_step=False, on_epoch=True, reduce_fx="sum", batch_size=B, sync_dist=True,
+        )
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # gradients are unscaled here (AMP) and not yet clipped
+        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: dict) -> None:
+        self._check_batch(batch, with_targets=True, with_texts=True)
+        if batch["audio"].shape[0] == 0:
+            return
+        log_probs, frames = self(batch["audio"], batch["audio_lengths"])
+        _, terms, _ = self._loss(log_probs, frames, batch)
+        counts = self._counts
+        counts["infeasible"] += float(torch.stack([t.infeasible for t in terms.values()]).any(0).sum())
+        refs = list(batch["texts"])
+        known = self.syllable_vocab
+        for h, lp in log_probs.items():
+            counts[f"loss_sum_{h}"] += float(terms[h].loss_sum)
+            counts[f"ntokens_{h}"] += float(terms[h].ntokens)
+            hyps = greedy_decode(lp, frames, getattr(self, f"{h}_vocab"))
+            for k, v in edit_counts(refs, hyps).items():
+                counts[f"{k}_{h}"] += v
+            if known is not None:
+                pairs = [(r, y) for r, y in zip(refs, hyps, strict=True) if normalize_for_scoring(r)]
+                if pairs:
+                    recovered, total = oov_recovery_counts([r for r, _ in pairs], [y for _, y in pairs], known)
+                    counts[f"oov_recovered_{h}"] += recovered
+                    counts[f"oov_total_{h}"] += total
+
+    def _log_evaluation(self, stage: str) -> None:
+        keys = sorted(self._counts)
+        values = torch.tensor([self._counts[k] for k in keys], dtype=torch.float64, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="sum")
+        c = defaultdict(float, zip(keys, values.tolist(), strict=True))
+        self._counts = defaultdict(float)
+
+        def rate(num: float, den: float) -> float:
+            return num / den if den else float("nan")
+
+        logs: dict[str, float] = {f"{stage}/ctc_infeasible": c["infeasible"]}
+        per_head = {}
+        for h in self.heads_used:
+            per_head[h] = rate(c[f"loss_sum_{h}"], c[f"ntokens_{h}"])
+            logs[f"{stage}/loss_{h}"] = per_head[h]
+            logs[f"{stage}/cer_{h}"] = rate(c[f"cer_err_{h}"], c[f"cer_len_{h}"])
+            logs[f"{stage}/wer_{h}"] = rate(c[f"wer_err_{h}"], c[f"wer_len_{h}"])
+            logs[f"{stage}/swer_{h}"] = rate(c[f"swer_err_{h}"], c[f"wer_len_{h}"])
+            logs[f"{stage}/jer_{h}"] = rate(c[f"jer_err_{h}"], c[f"jer_len_{h}"])
+            if self.syllable_vocab is not None:
+                logs[f"{stage}/oov_recovery_{h}"] = rate(c[f"oov_recovered_{h}"], c[f"oov_total_{h}"])
+        logs[f"{stage}/loss"] = float(
+            multitask_ctc_loss(
+                self.hparams.mtl_weight,
+                torch.tensor(per_head["syllable"]) if "syllable" in per_head else None,
+                torch.tensor(per_head["grapheme"]) if "grapheme" in per_head else None,
+            )
+        )
+        logs[f"{stage}/cer"] = min(logs[f"{stage}/cer_{h}"] for h in self.heads_used)
+        # values are already summed over ranks: identical everywhere, nothing left to synchronise
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._counts = defaultdict(float)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._counts = defaultdict(float)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """-> {"ids": list[str], "frame_lengths": (B,) long, "grapheme_log_probs": (B, T, Vg) float32
+        or None (head not built), "syllable_log_probs": (B, T, Vs) float32 or None}, on the CPU (the
+        predict loop keeps every batch's output)."""
+        self._check_batch(batch, with_targets=False)
+        log_probs, frames = self(batch["audio"], batch["audio_lengths"])
+        out: dict[str, Any] = {"ids": list(batch.get("ids", [])), "frame_lengths": frames.cpu()}
+        for h in HEADS:
+            out[f"{h}_log_probs"] = log_probs[h].cpu() if h in log_probs else None
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def _total_steps(self) -> int:
+        if self.hparams.total_steps is not None:
+            return int(self.hparams.total_steps)
+        max_steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
+        if max_steps is None or max_steps <= 0:
+            raise ValueError("HierarchicalFineTuner needs `total_steps` or a Trainer with `max_steps` > 0 for "
+                             "the tri-stage schedule")
+        return int(max_steps)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        self._heads()  # the heads must exist before their parameters are handed to the optimizer
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        groups = [{"params": backbone, "lr": hp.lr, "name": "backbone"},
+                  {"params": heads, "lr": hp.head_lr if hp.head_lr is not None else hp.lr, "name": "heads"}]
+        groups = [g for g in groups if g["params"]]
+        params = [p for g in groups for p in g["params"]]
+        # the fused kernel is several times faster than the per-parameter loop torch uses on CPU
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+        optimizer = torch.optim.AdamW(
+            groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
+        )
+        scheduler = tri_stage_schedule(
+            optimizer, self._total_steps(), tuple(hp.phase_ratio), hp.init_lr_scale, hp.final_lr_scale
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Makes the checkpoint self-contained for `load_from_checkpoint(path)`: the resolved backbone
+        config and both vocabularies' tokens go into the hyper-parameters (a copy Lightning made), and
+        `init_from` is cleared there (its weights are in the state dict; the path is kept for the record
+        under `kwav2vec_finetune`)."""
+        hp = checkpoint.setdefault(self.CHECKPOINT_HYPER_PARAMS_KEY, {})
+        hp["backbone_config"] = self.config.to_dict()
+        hp["grapheme_vocabulary"] = self.grapheme_vocab.to_dict() if self.grapheme_vocab is not None else None
+        hp["syllable_vocabulary"] = self.syllable_vocab.to_dict() if self.syllable_vocab is not None else None
+        hp["init_from"] = None
+        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, "init_from": self.hparams.init_from,
+                                      "heads": list(self.heads_used)}
+
