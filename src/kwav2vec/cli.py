@@ -25,6 +25,7 @@ register("normalize", "kwav2vec.text.cli", "normalize transcripts and show jamo/
 register("prepare", "kwav2vec.data.prepare_cli", "check a corpus and write its manifest, rejects, report and vocabularies")
 register("transcribe", "kwav2vec.inference.transcribe", "print the transcript of audio files (greedy, beam or joint decoding)")
 register("evaluate", "kwav2vec.inference.evaluate", "decode a labelled manifest: per-utterance TSV, CER/WER/sWER/JER/OOV summary, timing")
+register("convert", "kwav2vec.checkpoints.cli", "import fairseq / Hugging Face / torchaudio checkpoints, export to Hugging Face")
 
 
 def usage() -> str:
