@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from test_data_utils import audio_manifest
 
@@ -26,6 +27,16 @@ warnings.filterwarnings("ignore", module="lightning")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """These models are tiny: intra-op threads buy nothing, and on a loaded 2-core machine their spin
+    waits make a step 10x slower. Restores the thread count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pretrain_corpus(root: Path, lengths: list[int] = LENGTHS) -> Path:
     return audio_manifest(root, lengths)
 
@@ -41,24 +52,38 @@ def finetune_corpus(root: Path, lengths: list[int] = LENGTHS) -> Path:
 
 
 def pretrain_data(manifest: Path, **kw) -> PretrainDataModule:
-    args = dict(max_samples_per_batch=MAX_SAMPLES_PER_BATCH, max_sample_size=16000, min_sample_size=400, seed=3)
+    args = dict(
+        max_samples_per_batch=MAX_SAMPLES_PER_BATCH, max_sample_size=16000, min_sample_size=400, seed=3
+    )
     return PretrainDataModule(str(manifest), **(args | kw))
 
 
 def finetune_data(manifest: Path, **kw) -> FinetuneDataModule:
-    return FinetuneDataModule(str(manifest), **(dict(max_samples_per_batch=MAX_SAMPLES_PER_BATCH, seed=3) | kw))
+    return FinetuneDataModule(
+        str(manifest), **(dict(max_samples_per_batch=MAX_SAMPLES_PER_BATCH, seed=3) | kw)
+    )
 
 
 def pretrainer(total_steps: int, **kw) -> Pretrainer:
-    args = dict(model="tiny", model_overrides=MODEL_OVERRIDES, lr=1e-3, warmup_steps=2, total_steps=total_steps)
+    args = dict(
+        model="tiny", model_overrides=MODEL_OVERRIDES, lr=1e-3, warmup_steps=2, total_steps=total_steps
+    )
     return Pretrainer(**(args | kw))
 
 
 def trainer(root: Path, max_steps: int, callbacks=(), **kw) -> pl.Trainer:
     args = dict(
-        max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False, default_root_dir=root, log_every_n_steps=1,
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=root,
+        log_every_n_steps=1,
     )
     args |= kw
     if any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks):

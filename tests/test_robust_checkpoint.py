@@ -3,27 +3,27 @@ and nothing partial under the final name; the Trainer writes through `AtomicChec
 
 from __future__ import annotations
 
+import io
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
-import textwrap
+import time
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from robust_utils import one_thread  # noqa: F401 (fixture)
 
 from kwav2vec.lit import checkpoint_io
 from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 
-# Saves a first checkpoint, then starts a second save whose torch.save writes half of its bytes and
-# hangs, announcing "HALF" so the test can SIGKILL it at that point.
-KILLED_WRITER = textwrap.dedent("""
-    import io, os, sys, time
-    import torch
-    from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-    path = sys.argv[1]
+
+def _killed_writer(path: str, half_written) -> None:
+    """Runs in a forked child: saves a first checkpoint, then a second one whose torch.save writes
+    half of its bytes and hangs, setting `half_written` so the test can SIGKILL it right there."""
     plugin = AtomicCheckpointIO()
     plugin.save_checkpoint({"step": 1, "w": torch.arange(200_000.0)}, path)
     real_save = torch.save
@@ -35,13 +35,12 @@ KILLED_WRITER = textwrap.dedent("""
         f.write(data[: len(data) // 2])
         f.flush()
         os.fsync(f.fileno())
-        print("HALF", flush=True)
+        half_written.set()
         time.sleep(120)
 
-    torch.save = half_then_hang
+    torch.save = half_then_hang  # this is the child's own copy of the module
     plugin.save_checkpoint({"step": 2, "w": -torch.arange(200_000.0)}, path)
-    print("SAVED", flush=True)  # never reached
-""")
+    os._exit(0)  # never reached
 
 
 def _leftovers(folder) -> list[str]:
@@ -50,16 +49,21 @@ def _leftovers(folder) -> list[str]:
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    # fork, not a fresh interpreter: the child needs no second import of torch and Lightning
+    ctx = multiprocessing.get_context("fork")
+    half_written = ctx.Event()
+    proc = ctx.Process(target=_killed_writer, args=(str(path), half_written))
+    proc.start()
     try:
-        line = proc.stdout.readline()  # blocks until the second save is half written (or the child died)
-        assert line.strip() == "HALF", proc.stderr.read() if proc.poll() is not None else line
+        assert half_written.wait(timeout=120), (
+            f"the writer did not get to its second save (exit code {proc.exitcode})"
+        )
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == -signal.SIGKILL
 
     # The final name holds the complete first checkpoint; the half-written bytes are in a temp file.
     blob = torch.load(path, weights_only=True)
@@ -98,8 +102,15 @@ class _Tiny(pl.LightningModule):
 
 
 def test_trainer_saves_go_through_the_atomic_writer(tmp_path, monkeypatch):
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()])
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],
+    )
     trainer.fit(_Tiny())
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -125,7 +136,20 @@ def test_the_training_command_installs_the_atomic_writer(tmp_path, monkeypatch):
     from kwav2vec.train_cli import KWav2VecCLI
 
     monkeypatch.setattr(sys, "argv", ["kwav2vec pretrain"])
-    cli = KWav2VecCLI(Pretrainer, PretrainDataModule, run=False, save_config_callback=None,
-                      args=["--model.model", "tiny", "--data.train_manifest", str(tmp_path / "train.jsonl"),
-                            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli = KWav2VecCLI(
+        Pretrainer,
+        PretrainDataModule,
+        run=False,
+        save_config_callback=None,
+        args=[
+            "--model.model",
+            "tiny",
+            "--data.train_manifest",
+            str(tmp_path / "train.jsonl"),
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+    )
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

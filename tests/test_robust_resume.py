@@ -12,10 +12,20 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from robust_utils import StepRecorder, parameters, pretrain_corpus, pretrain_data, pretrainer, trainer
+from robust_utils import (
+    StepRecorder,
+    one_thread,  # noqa: F401 (a fixture)
+    parameters,
+    pretrain_corpus,
+    pretrain_data,
+    pretrainer,
+    trainer,
+)
 
 from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
 from kwav2vec.lit.rng_state import RNGStateCallback
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOTAL = 9  # steps: more than one epoch of 6-7 batches
 STOP = 4  # killed mid-epoch, after the checkpoint of step 4

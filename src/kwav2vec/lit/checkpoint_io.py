@@ -53,7 +53,7 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
     for entry in entries:
         if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
             continue
-        pid = entry.name[len(prefix):].split(".", 1)[0]
+        pid = entry.name[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             try:
                 os.unlink(entry.path)

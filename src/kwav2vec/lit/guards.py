@@ -14,8 +14,20 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+
+def _gather_ids(ids: list[str]) -> list[str]:
+    """The utterance ids of this step on every rank. Gradients are all-reduced before the check, so
+    every rank sees the same non-finite gradients and calls this together; the culprit may be any
+    rank's batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, ids)
+    return [f"{uid} (rank {rank})" for rank, rank_ids in enumerate(gathered) for uid in rank_ids]
 
 
 class NonFiniteStepsError(RuntimeError):
@@ -39,6 +51,9 @@ class NonFiniteGuard(pl.Callback):
         self.skipped_total = 0
         self.consecutive = 0
         self._batch_ids: Sequence[str] = ()
+        self._streak: list[
+            tuple[int, Sequence[str]]
+        ] = []  # (step, utterance ids) of the skipped steps in a row
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Cleared at each optimizer step, so with gradient accumulation this holds every utterance
@@ -48,12 +63,17 @@ class NonFiniteGuard(pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        finite = (
+            bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        )  # one sync
         if finite:
             self.consecutive = 0
+            self._streak = []
         else:
             self.skipped_total += 1
             self.consecutive += 1
+            ids = _gather_ids(list(self._batch_ids))
+            self._streak = [*self._streak, (trainer.global_step, ids)][-self.max_consecutive :]
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
@@ -63,16 +83,18 @@ class NonFiniteGuard(pl.Callback):
                 trainer.global_step,
                 self.consecutive,
                 self.skipped_total,
-                ", ".join(self._batch_ids) or "(no ids in batch)",
+                ", ".join(ids) or "(no ids in batch)",
             )
         pl_module.log("train/skipped_nonfinite", float(self.skipped_total), on_step=True, reduce_fx="max")
-        ids, self._batch_ids = self._batch_ids, ()
+        self._batch_ids = ()
         if self.consecutive >= self.max_consecutive:
+            steps = "; ".join(
+                f"step {step}: {', '.join(ids) or '(no ids in batch)'}" for step, ids in self._streak
+            )
             raise NonFiniteStepsError(
                 f"{self.consecutive} consecutive optimizer steps had non-finite loss or gradients "
-                f"(last at step {trainer.global_step}); last batch's utterances: "
-                f"{', '.join(ids) or '(no ids in batch)'}. Lower the learning rate, use bf16 "
-                "instead of 16-mixed, or check these inputs."
+                f"(last at step {trainer.global_step}); utterances of these steps: {steps}. Lower the "
+                "learning rate, use bf16 instead of 16-mixed, or check these inputs."
             )
 
     def state_dict(self) -> dict:

@@ -38,8 +38,13 @@ def collect_rng_states() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -92,11 +97,14 @@ class RNGStateCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         per_rank = state_dict.get("per_rank")
         if state_dict.get("format") != STATE_FORMAT or not isinstance(per_rank, list):
-            raise ValueError(f"unrecognised RNG state in the checkpoint (format {state_dict.get('format')!r})")
+            raise ValueError(
+                f"unrecognised RNG state in the checkpoint (format {state_dict.get('format')!r})"
+            )
         self._pending = per_rank
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending is None:
             return
         per_rank, self._pending = self._pending, None
@@ -104,7 +112,9 @@ class RNGStateCallback(pl.Callback):
         if len(per_rank) != world:
             log.warning(
                 "checkpoint holds RNG states of %d processes, this run has %d: random draws (masks, dropout) "
-                "will not continue exactly as in the interrupted run", len(per_rank), world,
+                "will not continue exactly as in the interrupted run",
+                len(per_rank),
+                world,
             )
             if rank >= len(per_rank):
                 return
