@@ -15,11 +15,18 @@ import types
 import pytest
 import torch
 
-from kwav2vec.checkpoints import KeyMismatchError, build_backbone, head_module, import_fairseq, load_converted, save_converted
+from kwav2vec.checkpoints import (
+    KeyMismatchError,
+    build_backbone,
+    head_module,
+    import_fairseq,
+    load_converted,
+    save_converted,
+)
 from kwav2vec.checkpoints.vocab_map import read_fairseq_dict
+from kwav2vec.models.config import Wav2Vec2Config
 from kwav2vec.models.transformer import TransformerEncoderLayer
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
-from kwav2vec.models.config import Wav2Vec2Config
 from kwav2vec.text.vocab import Vocabulary
 
 CONV = "[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2"

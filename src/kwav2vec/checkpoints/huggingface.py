@@ -122,7 +122,7 @@ def backbone_config(c: dict[str, Any], normalize: bool, origin: str) -> Wav2Vec2
     try:
         return Wav2Vec2Config(
             extractor_mode="default" if c["feat_extract_norm"] == "group" else "layer_norm",
-            conv_feature_layers=repr([tuple(int(v) for v in t) for t in zip(dims, kernels, strides)]),
+            conv_feature_layers=repr([tuple(int(v) for v in t) for t in zip(dims, kernels, strides, strict=True)]),
             conv_bias=bool(c["conv_bias"]),
             normalize=normalize,
             encoder_layers=int(c["num_hidden_layers"]),

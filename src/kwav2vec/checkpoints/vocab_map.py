@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kwav2vec.text.vocab import BLANK, SPECIALS, UNK, Vocabulary, WORD_BOUNDARY
+from kwav2vec.text.vocab import BLANK, SPECIALS, UNK, WORD_BOUNDARY, Vocabulary
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary ids 0..3
 _FAIRSEQ_ROLE = {"<s>": BLANK, "<pad>": None, "</s>": None, "<unk>": UNK}
