@@ -180,7 +180,7 @@ def test_evaluate_writes_tsv_and_summary_that_agree_with_kwav2vec_metrics(checkp
         assert [r["id"] for r in rows] == [f"utt{i}" for i in range(len(REFERENCES))]
         assert [r["ref"] for r in rows] == REFERENCES
         refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
-        m = summary["decoders"][name]["metrics"]
+        m = summary["decoders"][name]
         assert m["cer"] == pytest.approx(cer(refs, hyps))
         assert m["cer"] == pytest.approx(sum(int(r["char_errors"]) for r in rows) / sum(int(r["ref_chars"]) for r in rows))
         assert m["wer"] == pytest.approx(wer(refs, hyps))

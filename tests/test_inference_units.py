@@ -110,6 +110,6 @@ def test_tsv_round_trip_and_summary(tmp_path):
     summary = metrics_summary(rows, known_syllables={"안", "녕", "하", "세", "요", "가"})
     assert summary["cer"] == pytest.approx(1 / 9)
     assert (summary["oov_recovered"], summary["oov_syllables"], summary["oov_recovery"]) == (0, 1, 0.0)
-    table = format_table({"greedy-grapheme": {"metrics": summary, "timing": {
+    table = format_table({"greedy-grapheme": {**summary, "timing": {
         "decode_seconds": 0.5, "decode_rtf": 0.01, "total_rtf": 0.1}}})
     assert "greedy-grapheme" in table and "11.11" in table and "(0/1)" in table

@@ -6,8 +6,10 @@
 One forward pass feeds every decoder given. Writes to --out (default runs/evaluate/<manifest name>):
 - `<decoder>.tsv`: id, ref, hyp, char_errors, ref_chars per utterance, in manifest order
   (see `kwav2vec.inference.report`);
-- `summary.json`: per decoder CER, WER, sWER, jamo error rate, OOV-syllable recovery (known
-  syllables = the checkpoint's syllable vocabulary), decoding time and real-time factors; run info.
+- `summary.json`: run info, and under "decoders" per decoder: "cer", "wer", "swer",
+  "jamo_error_rate", "oov_recovery" (known syllables = the checkpoint's syllable vocabulary; null
+  when the references have none outside it) with its counts, "char_errors"/"ref_chars", and
+  "timing" (decoding seconds, real-time factors, utterances/s).
 Prints a table per run. Seconds are compute seconds summed over ranks; RTF = seconds / audio seconds
 (`decode_rtf`: the decoder alone, `total_rtf`: forward pass + decoder).
 
@@ -104,7 +106,7 @@ def main(argv: list[str]) -> int:
         compute = forward_seconds + decode_seconds
         decoders[name] = {
             "tsv": f"{name}.tsv",
-            "metrics": metrics_summary(rows, known) if rows else None,
+            **(metrics_summary(rows, known) if rows else {}),
             "timing": {
                 "decode_seconds": decode_seconds,
                 "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,

@@ -115,7 +115,7 @@ def format_table(decoders: dict[str, dict]) -> str:
     header = ("decoder", "CER%", "WER%", "sWER%", "JER%", "OOV-rec%", "decode s", "RTF dec", "RTF total")
     lines = [header]
     for name, d in decoders.items():
-        m, t = d["metrics"], d["timing"]
+        m, t = d, d["timing"]  # metrics at the top level of each decoder's entry
         lines.append((
             name, _percent(m["cer"]), _percent(m["wer"]), _percent(m["swer"]), _percent(m["jamo_error_rate"]),
             f"{_percent(m['oov_recovery'])} ({m['oov_recovered']}/{m['oov_syllables']})",
