@@ -357,6 +357,8 @@ def run_prediction(
     start = time.perf_counter()
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
     wall = time.perf_counter() - start
+    # A rank without batches skips the loop and its hooks: label its (empty) results here.
+    writer.results.rank = trainer.global_rank
     gathered = gather_results(writer.results, len(sources))
     return gathered, wall, trainer.world_size
 
