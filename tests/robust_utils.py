@@ -13,6 +13,7 @@ from test_data_utils import audio_manifest
 
 from kwav2vec.data.datamodule import FinetuneDataModule, PretrainDataModule
 from kwav2vec.data.prepare import build_vocabularies
+from kwav2vec.lit.finetune import HierarchicalFineTuner
 from kwav2vec.lit.pretrain import Pretrainer
 
 # 0.4 to 0.75 s: 19 to 37 frames, enough for the tiny preset's 10-frame mask spans
@@ -69,6 +70,21 @@ def pretrainer(total_steps: int, **kw) -> Pretrainer:
         model="tiny", model_overrides=MODEL_OVERRIDES, lr=1e-3, warmup_steps=2, total_steps=total_steps
     )
     return Pretrainer(**(args | kw))
+
+
+def finetuner(total_steps: int, **kw) -> HierarchicalFineTuner:
+    """Vocabularies come from the datamodule in `setup`. Masking and layerdrop stay on (RNG matters)."""
+    args = dict(
+        model="tiny",
+        model_overrides={"encoder_layers": 2},
+        syllable_layers=1,
+        lr=1e-3,
+        total_steps=total_steps,
+        mask_prob=0.3,
+        mask_length=5,
+        mask_channel_length=16,
+    )
+    return HierarchicalFineTuner(**(args | kw))
 
 
 def trainer(root: Path, max_steps: int, callbacks=(), **kw) -> pl.Trainer:

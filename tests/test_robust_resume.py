@@ -14,6 +14,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from robust_utils import (
     StepRecorder,
+    finetune_corpus,
+    finetune_data,
+    finetuner,
     one_thread,  # noqa: F401 (a fixture)
     parameters,
     pretrain_corpus,
@@ -25,7 +28,11 @@ from robust_utils import (
 from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
 from kwav2vec.lit.rng_state import RNGStateCallback
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # expected here: each run has its own checkpoint folder, the control run leaves RNGStateCallback out
+    pytest.mark.filterwarnings("ignore:The dirpath has changed", "ignore:Be aware that when using `ckpt_path`"),
+]
 
 TOTAL = 9  # steps: more than one epoch of 6-7 batches
 STOP = 4  # killed mid-epoch, after the checkpoint of step 4
@@ -60,17 +67,25 @@ def _run(root, make_module, make_data, *, kill_at=None, ckpt_path=None, rng=True
     return rec, module, root / "ckpt" / "last.ckpt"
 
 
-@pytest.fixture(scope="module")
-def pretrain_runs(tmp_path_factory):
-    """(uninterrupted, killed, resumed) pretraining runs with RNG states in the checkpoints."""
-    root = tmp_path_factory.mktemp("resume_pretrain")
-    manifest = pretrain_corpus(root / "data")
+JOBS = {
+    "pretrain": (pretrain_corpus, pretrain_data, pretrainer),
+    "finetune": (finetune_corpus, finetune_data, finetuner),
+}
+
+
+@pytest.fixture(scope="module", params=list(JOBS))
+def runs(request, tmp_path_factory):
+    """(uninterrupted, killed, resumed) runs with RNG states in the checkpoints, and the means to
+    make another run."""
+    corpus, data_module, lit_module = JOBS[request.param]
+    root = tmp_path_factory.mktemp(f"resume_{request.param}")
+    manifest = corpus(root / "data")
 
     def module():
-        return pretrainer(TOTAL)
+        return lit_module(TOTAL)
 
     def data():
-        return pretrain_data(manifest)
+        return data_module(manifest)
 
     full = _run(root / "full", module, data)
     killed = _run(root / "killed", module, data, kill_at=STOP)
@@ -78,16 +93,16 @@ def pretrain_runs(tmp_path_factory):
     return full, killed, resumed, (root, module, data)
 
 
-def test_pretraining_resume_sees_the_same_batches(pretrain_runs):
-    (full, _, _), (killed, _, _), (resumed, _, _), _ = pretrain_runs
+def test_resume_sees_the_same_batches(runs):
+    (full, _, _), (killed, _, _), (resumed, _, _), _ = runs
     assert len(full.steps) == TOTAL and len(killed.steps) == STOP
     assert killed.ids == full.ids[:STOP]
     assert resumed.ids == full.ids[STOP:]
     assert [s[0] for s in resumed.steps] == list(range(STOP + 1, TOTAL + 1))  # global steps continue
 
 
-def test_pretraining_resume_computes_the_same_losses_and_weights(pretrain_runs):
-    (full, full_module, _), (killed, _, _), (resumed, resumed_module, _), _ = pretrain_runs
+def test_resume_computes_the_same_losses_and_weights(runs):
+    (full, full_module, _), (killed, _, _), (resumed, resumed_module, _), _ = runs
     assert killed.losses == full.losses[:STOP]
     # bitwise: same batches, same random draws, same arithmetic
     assert resumed.losses == full.losses[STOP:]
@@ -95,10 +110,10 @@ def test_pretraining_resume_computes_the_same_losses_and_weights(pretrain_runs):
         torch.testing.assert_close(parameters(resumed_module)[name], value, rtol=0, atol=0, msg=name)
 
 
-def test_without_rng_states_the_resumed_losses_differ(pretrain_runs):
+def test_without_rng_states_the_resumed_losses_differ(runs):
     """The control for the test above: it can fail. Without RNGStateCallback the batches still match
     but the masks/distractors/dropout do not, so the losses differ."""
-    (full, _, _), (_, _, ckpt), _, (root, module, data) = pretrain_runs
+    (full, _, _), (_, _, ckpt), _, (root, module, data) = runs
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)  # RNG states load as plain data
     assert any("RNGStateCallback" in key for key in blob["callbacks"])
     resumed, _, _ = _run(root / "resumed_no_rng", module, data, ckpt_path=ckpt, rng=False)
@@ -106,18 +121,39 @@ def test_without_rng_states_the_resumed_losses_differ(pretrain_runs):
     assert resumed.losses != full.losses[STOP:]
 
 
-def test_pretrainer_does_not_build_the_train_dataloader_in_configure_optimizers(tmp_path):
+MISSING_RNG = (
+    "{} does not return RNGStateCallback from configure_callbacks (nor does the `kwav2vec` CLI add "
+    "it): resumed runs draw other masks/dropout, so their losses differ from an uninterrupted run's"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=MISSING_RNG.format("Pretrainer"))
+def test_the_pretrainer_brings_its_rng_state_callback():
+    assert any(isinstance(c, RNGStateCallback) for c in pretrainer(TOTAL).configure_callbacks())
+
+
+@pytest.mark.xfail(strict=True, reason=MISSING_RNG.format("HierarchicalFineTuner"))
+def test_the_finetuner_brings_its_rng_state_callback():
+    assert any(isinstance(c, RNGStateCallback) for c in finetuner(TOTAL).configure_callbacks())
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_configure_optimizers_does_not_build_the_train_dataloader(tmp_path, monkeypatch, job):
     """DESIGN.md trap: `trainer.estimated_stepping_batches` in configure_optimizers builds the train
     dataloader before Lightning restores its position. Our DataModules survive it (their own
-    state_dict, tests/test_data_resume.py), but a plain DataLoader would not: keep the Pretrainer off it."""
-    module = pretrainer(TOTAL)
+    state_dict, tests/test_data_resume.py), but a plain DataLoader would not: keep the modules off it."""
+    if job == "pretrain":
+        module = pretrainer(TOTAL)
+    else:
+        folder = finetune_corpus(tmp_path / "data", lengths=[6400]).parent
+        module = finetuner(
+            TOTAL,
+            grapheme_vocabulary=str(folder / "vocab_grapheme.json"),
+            syllable_vocabulary=str(folder / "vocab_syllable.json"),
+        )
     t = trainer(tmp_path, TOTAL)
-    module.trainer = t  # configure_optimizers reads only hparams and max_steps
     calls = []
-    original = type(t).estimated_stepping_batches
-    try:
-        type(t).estimated_stepping_batches = property(lambda self: calls.append(1) or 1)
-        module.configure_optimizers()
-    finally:
-        type(t).estimated_stepping_batches = original
+    monkeypatch.setattr(pl.Trainer, "estimated_stepping_batches", property(lambda self: calls.append(1) or 1))
+    module.trainer = t  # configure_optimizers reads hparams and max_steps only
+    assert module.configure_optimizers()["optimizer"] is not None
     assert calls == []
