@@ -287,3 +287,37 @@ def test_legacy_finetuned_args_with_w2v_args_namespace(tmp_path, dicts):
     path = save(blob, tmp_path / "legacy_ft.pt")
     ck = import_fairseq(path, dict_path=dicts[0])
     assert ck.heads["grapheme"].options == {"dropout": 0.2} and ck.config.encoder_embed_dim == 32
+
+
+def test_cfg_pickled_as_omegaconf_containers_without_omegaconf(tmp_path, monkeypatch):
+    """Some checkpoints pickle the cfg as OmegaConf objects; they are read back as plain dicts."""
+    modules = {name: types.ModuleType(name) for name in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes")}
+
+    class DictConfig:  # pickles its content the way OmegaConf does: a state dict with "_content"
+        def __init__(self, content):
+            self._content = content
+
+        def __getstate__(self):
+            return {"_content": self._content, "_metadata": None, "_parent": None}
+
+    class AnyNode:
+        def __init__(self, value):
+            self._val = value
+
+        def __getstate__(self):
+            return {"_val": self._val, "_metadata": None, "_parent": None}
+
+    for cls, module in ((DictConfig, "omegaconf.dictconfig"), (AnyNode, "omegaconf.nodes")):
+        cls.__module__, cls.__qualname__ = module, cls.__name__
+        setattr(modules[module], cls.__name__, cls)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+    def wrap(d):
+        return DictConfig({k: wrap(v) if isinstance(v, dict) else AnyNode(v) for k, v in d.items()})
+
+    path = save({"cfg": wrap(pretrained_cfg(normalize=True)), "model": pretrained_state()}, tmp_path / "omega.pt")
+    for name in modules:
+        monkeypatch.delitem(sys.modules, name)
+    ck = import_fairseq(path)
+    assert ck.config.normalize is True and ck.config.encoder_ffn_embed_dim == 64

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FILE",
                    help="torchaudio: names of the aux head's outputs, blank first (one a line, or a JSON list)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="torchaudio: whether the model expects zero-mean unit-variance waveforms")
+                   help="hf, torchaudio: whether the model expects zero-mean unit-variance waveforms "
+                        "(default: preprocessor_config.json / the bundle, else no)")
     p.add_argument("--arch", choices=("auto", "ctc", "pretraining", "model"), default="auto",
                    help="export: transformers class to write (auto: ForCTC with a grapheme head, else "
                         "ForPreTraining with the pretraining modules, else Model)")
@@ -79,11 +80,13 @@ def _labels(path: str) -> list[str]:
 
 
 def _check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    per_source = {"dict_path": "fairseq", "add_dict_path": "fairseq", "syllable_vocab": "fairseq",
-                  "factory_args": "torchaudio", "bundle": "torchaudio", "labels": "torchaudio", "normalize": "torchaudio"}
-    for name, source in per_source.items():
-        if getattr(args, name) is not None and args.source != source:
-            parser.error(f"--{name.replace('_path', '').replace('_', '-')} only applies to --from {source}")
+    per_source = {"dict_path": ("fairseq",), "add_dict_path": ("fairseq",), "syllable_vocab": ("fairseq",),
+                  "factory_args": ("torchaudio",), "bundle": ("torchaudio",), "labels": ("torchaudio",),
+                  "normalize": ("hf", "torchaudio")}
+    for name, sources in per_source.items():
+        if getattr(args, name) is not None and args.source not in sources:
+            flag = name.replace("_path", "").replace("_", "-")
+            parser.error(f"--{flag} only applies to --from {' or '.join(sources)}")
     if args.target and (args.drop_head or args.grapheme_vocab):
         parser.error("--drop-head and --grapheme-vocab only apply to imports (--from)")
     if args.source and args.arch != "auto":
@@ -102,7 +105,8 @@ def _import(args: argparse.Namespace) -> ConvertedCheckpoint:
     if args.source == "hf":
         from kwav2vec.checkpoints.huggingface import import_huggingface
 
-        return import_huggingface(args.src, drop_head=args.drop_head, grapheme_vocab=args.grapheme_vocab)
+        return import_huggingface(args.src, drop_head=args.drop_head, grapheme_vocab=args.grapheme_vocab,
+                                  normalize=args.normalize)
     from kwav2vec.checkpoints.torchaudio import import_torchaudio
 
     factory_args = _json_arg(args.factory_args, "--factory-args") if args.factory_args else None

@@ -187,6 +187,7 @@ def import_fairseq(
     notes: list[str] = []
     cfg = backbone_config(src, path, notes)
     state = SourceState(blob["model"], origin=f"{path} (fairseq {src.model_type})")
+    notes += state.dtype_note()
     shapes = backbone_shapes(cfg)
 
     if src.model_type == "wav2vec2":

@@ -185,7 +185,8 @@ def _ctc_head(directory: str, c: dict, state: SourceState, vocab_path: str | Non
 
 
 def import_huggingface(
-    directory: str | os.PathLike, *, drop_head: bool = False, grapheme_vocab: str | None = None
+    directory: str | os.PathLike, *, drop_head: bool = False, grapheme_vocab: str | None = None,
+    normalize: bool | None = None,
 ) -> ConvertedCheckpoint:
     """Converts a transformers Wav2Vec2Model / ForCTC / ForPreTraining directory.
 
@@ -193,6 +194,8 @@ def import_huggingface(
         directory: the `save_pretrained` directory.
         drop_head: drop `lm_head` (e.g. English letters) instead of keeping it as the grapheme head.
         grapheme_vocab: optional existing vocabulary JSON to map `lm_head` onto (default: its vocab.json).
+        normalize: whether the model expects normalised waveforms (default: the feature extractor's
+            `do_normalize` from preprocessor_config.json, else False).
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -205,8 +208,11 @@ def import_huggingface(
         raise ValueError(f"{config_path}: model_type {raw.get('model_type')!r}, expected 'wav2vec2'")
     c = {**HF_DEFAULTS, **{k: v for k, v in raw.items() if k in HF_DEFAULTS}}
     notes: list[str] = []
-    cfg = backbone_config(c, _normalize_setting(directory, notes), config_path)
+    if normalize is None:
+        normalize = _normalize_setting(directory, notes)
+    cfg = backbone_config(c, normalize, config_path)
     state = SourceState(read_hf_weights(directory), origin=f"{directory} (Hugging Face wav2vec2)")
+    notes += state.dtype_note()
     prefix = "wav2vec2." if state.has_prefix("wav2vec2.") else ""
     pretraining = "quantizer.codevectors" in state
     kind = "Wav2Vec2ForPreTraining" if pretraining else "Wav2Vec2ForCTC" if "lm_head.weight" in state else "Wav2Vec2Model"

@@ -97,6 +97,11 @@ class SourceState:
         self.ignore(keys, reason)
         return keys
 
+    def dtype_note(self) -> list[str]:
+        """A note when the source's floating tensors are not float32 (the converted file always is)."""
+        dtypes = sorted({str(t.dtype).replace("torch.", "") for t in self.state.values() if t.is_floating_point()})
+        return [] if dtypes in ([], ["float32"]) else [f"source tensors in {', '.join(dtypes)} were converted to float32"]
+
     def unclaimed(self) -> list[str]:
         return sorted(k for k in self.state if k not in self.used and k not in self.ignored)
 

@@ -140,6 +140,7 @@ def import_torchaudio(
         notes.append("normalize not given: assuming the model takes raw audio (normalize=False)")
     cfg = backbone_config(info["factory_args"], bool(info.get("normalize", False)), path)
     state = SourceState(blob, origin=f"{path} (torchaudio wav2vec2_model)")
+    notes += state.dtype_note()
     shapes = backbone_shapes(cfg)
     wanted = [k for k in shapes if k != "mask_emb" and not k.startswith(PRETRAINING_PREFIXES)]
     state_dict = gather(state, {k: rename(k, TORCHAUDIO_RULES) for k in wanted}, shapes)
