@@ -1,8 +1,8 @@
 """Non-finite losses and gradients: the step is skipped (parameters and optimizer state untouched)
 and counted (`train/skipped_nonfinite`), and after `max_consecutive` skipped steps in a row the run
-stops with `NonFiniteStepsError` naming the utterances. Mixed precision: under
-torch.autocast(bfloat16) on CPU the quantizer, the contrastive logits, log-softmax and the losses
-compute in float32."""
+stops with `NonFiniteStepsError` naming the utterances (pretraining and fine-tuning). Mixed
+precision: under torch.autocast(bfloat16) on CPU the quantizer, the contrastive logits, log-softmax,
+CTC and the losses compute in float32."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 import torch
 from robust_utils import (
     MODEL_OVERRIDES,
+    TEXTS,
+    finetuner,
     one_thread,  # noqa: F401 (a fixture)
     parameters,
     pretrainer,
@@ -22,8 +24,11 @@ from robust_utils import (
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
+from kwav2vec.data.collate import pad_1d
+from kwav2vec.data.prepare import build_vocabularies
 from kwav2vec.lit.guards import NonFiniteGuard, NonFiniteStepsError
 from kwav2vec.models.config import preset
+from kwav2vec.models.ctc_loss import ctc_terms
 from kwav2vec.models.losses import contrastive_logits, pretraining_loss
 from kwav2vec.models.quantizer import GumbelVectorQuantizer
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
@@ -33,7 +38,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SR = 16000
 
 
+GRAPHEMES, SYLLABLES = build_vocabularies(TEXTS)
+
+
 def batch(tag: str, seed: int, nan: bool = False, B: int = 2, S: int = 8000) -> dict:
+    """A pretraining batch with fine-tuning targets too (tones with made-up transcripts)."""
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(S) / SR
     audio = torch.sin(2 * math.pi * (200 + 300 * torch.rand(B, 1, generator=g)) * t) + 0.1 * torch.randn(
@@ -41,7 +50,19 @@ def batch(tag: str, seed: int, nan: bool = False, B: int = 2, S: int = 8000) -> 
     )
     if nan:
         audio[1, 1234] = float("nan")  # one bad sample in one utterance poisons the whole step
-    return {"ids": [f"{tag}-{i}" for i in range(B)], "audio": audio, "audio_lengths": torch.full((B,), S)}
+    texts = [TEXTS[(seed + i) % len(TEXTS)] for i in range(B)]
+    graphemes = pad_1d([torch.tensor(GRAPHEMES.encode(t)) for t in texts], 0)
+    syllables = pad_1d([torch.tensor(SYLLABLES.encode(t)) for t in texts], 0)
+    return {
+        "ids": [f"{tag}-{i}" for i in range(B)],
+        "audio": audio,
+        "audio_lengths": torch.full((B,), S),
+        "graphemes": graphemes[0],
+        "grapheme_lengths": graphemes[1],
+        "syllables": syllables[0],
+        "syllable_lengths": syllables[1],
+        "texts": texts,
+    }
 
 
 def batches(pattern: str) -> DataLoader:
@@ -113,6 +134,33 @@ def test_the_pretrainer_guards_itself(tmp_path):
     assert float(t.callback_metrics["train/skipped_nonfinite"]) == 1.0
 
 
+def _finetuner():
+    return finetuner(10, grapheme_vocabulary=GRAPHEMES, syllable_vocabulary=SYLLABLES)
+
+
+def test_the_finetuner_skips_counts_and_names_a_nan_batch(tmp_path, caplog):
+    """As shipped: the fine-tuner brings its own NonFiniteGuard (configure_callbacks)."""
+    torch.manual_seed(0)
+    module, watch = _finetuner(), Watch()
+    t = trainer(tmp_path, 3, [watch])
+    with caplog.at_level(logging.WARNING, logger="kwav2vec.lit.guards"):
+        t.fit(module, batches("gng"))
+    assert watch.changed(0) and not watch.changed(1) and watch.changed(2)
+    assert float(t.callback_metrics["train/skipped_nonfinite"]) == 1.0
+    assert "n1-0, n1-1" in caplog.text
+
+
+def test_the_finetuner_stops_after_its_limit_of_nan_steps_in_a_row(tmp_path):
+    torch.manual_seed(0)
+    module = _finetuner()
+    (guard,) = [c for c in module.configure_callbacks() if isinstance(c, NonFiniteGuard)]
+    limit = guard.max_consecutive
+    with pytest.raises(
+        NonFiniteStepsError, match=rf"{limit} consecutive .*step {limit}: n{limit}-0, n{limit}-1\."
+    ):
+        trainer(tmp_path, limit + 2, []).fit(module, batches("g" + "n" * limit + "g"))
+
+
 # ----------------------------------------------------------------------------- mixed precision
 class DtypeLog(TorchDispatchMode):
     """Records (op name, output dtype, inside the quantizer?) of every op that reaches the kernels,
@@ -180,3 +228,22 @@ def test_quantizer_and_contrastive_logits_are_identical_with_and_without_autocas
         got, contrastive_logits(pred.bfloat16().float(), tgt.bfloat16().float(), neg), rtol=0, atol=0
     )
     assert not torch.equal(got, ref)  # the inputs were bf16: only the computation is fp32
+
+
+def test_bf16_autocast_keeps_ctc_log_softmax_and_loss_in_fp32():
+    torch.manual_seed(0)
+    module = _finetuner().train()
+    b = batch("x", 0)
+    log = DtypeLog()
+    with torch.autocast("cpu", dtype=torch.bfloat16), log:
+        log_probs, frames = module(b["audio"], b["audio_lengths"])
+        terms = {h: ctc_terms(lp, frames, b[f"{h}s"], b[f"{h}_lengths"]) for h, lp in log_probs.items()}
+    assert any(
+        name in ("addmm", "mm", "bmm", "linear") and dtype == torch.bfloat16 for name, dtype, _ in log.ops
+    )
+    log_softmax = [d for n, d, _ in log.ops if n == "_log_softmax"]
+    ctc = [d for n, d, _ in log.ops if "ctc_loss" in n]
+    assert len(log_softmax) == 2 and set(log_softmax) == {torch.float32}  # one per head
+    assert ctc and set(ctc) == {torch.float32}
+    assert all(lp.dtype == torch.float32 for lp in log_probs.values())
+    assert all(t.loss_sum.dtype == torch.float32 and torch.isfinite(t.loss_sum) for t in terms.values())

@@ -8,6 +8,9 @@ import pytest
 import torch
 from robust_utils import (
     StepRecorder,
+    finetune_corpus,
+    finetune_data,
+    finetuner,
     one_thread,  # noqa: F401 (a fixture)
     parameters,
     pretrain_corpus,
@@ -21,17 +24,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 3
 
 
-def _pretrain(root, manifest, seed: int):
+JOBS = {
+    "pretrain": (pretrain_corpus, pretrain_data, pretrainer),
+    "finetune": (finetune_corpus, finetune_data, finetuner),
+}
+
+
+def _fit(root, job: str, manifest, seed: int):
+    _, data, lit_module = JOBS[job]
     pl.seed_everything(seed, verbose=False)
-    module, rec = pretrainer(STEPS), StepRecorder()
+    module, rec = lit_module(STEPS), StepRecorder()
     # the data seed (batch packing, shuffles, crops) is the datamodule's own argument
-    trainer(root, STEPS, [rec]).fit(module, datamodule=pretrain_data(manifest, seed=seed))
+    trainer(root, STEPS, [rec]).fit(module, datamodule=data(manifest, seed=seed))
     return rec, parameters(module)
 
 
-def test_same_seed_same_pretraining_losses(tmp_path):
-    manifest = pretrain_corpus(tmp_path / "data")
-    (a, wa), (b, wb), (c, _) = (_pretrain(tmp_path / str(i), manifest, s) for i, s in enumerate((7, 7, 8)))
+@pytest.mark.parametrize("job", list(JOBS))
+def test_same_seed_same_losses(tmp_path, job):
+    manifest = JOBS[job][0](tmp_path / "data")
+    (a, wa), (b, wb), (c, _) = (_fit(tmp_path / str(i), job, manifest, s) for i, s in enumerate((7, 7, 8)))
     assert len(a.steps) == STEPS
     assert a.steps == b.steps  # ids and losses, bitwise
     for name, value in wa.items():
