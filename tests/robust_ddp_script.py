@@ -4,8 +4,9 @@ tests/test_robust_distributed.py (not a test itself):
     python tests/robust_ddp_script.py OUT_DIR PRETRAIN_MANIFEST FINETUNE_MANIFEST STEPS
 
 Lightning's launcher starts rank 1 by running this script again with LOCAL_RANK=1. Every rank
-writes OUT_DIR/{job}_rank{r}.json with the utterance ids and loss of each step and, for the first
-steps, a check of the gradient normalisation:
+writes OUT_DIR/{job}_rank{r}.json with the utterance ids and loss of each step, a hash of its RNG
+state when OUT_DIR/{job}.ckpt was saved (with RNGStateCallback and AtomicCheckpointIO) and, for the
+first steps, a check of the gradient normalisation:
 
 The right objective of a distributed step is the one of the whole global batch: for pretraining
 the contrastive loss (and the other terms) averaged over the masked frames of *all* ranks, for
@@ -19,6 +20,7 @@ count (`local`), is computed too, to show the two differ for this data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -29,6 +31,8 @@ import torch
 import torch.distributed as dist
 from robust_utils import StepRecorder, finetune_data, finetuner, pretrain_data, pretrainer
 
+from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
+from kwav2vec.lit.rng_state import RNGStateCallback
 from kwav2vec.models.ctc_loss import ctc_terms
 from kwav2vec.models.losses import pretraining_loss
 
@@ -129,12 +133,17 @@ def run(job: str, out_dir: Path, manifest: str, steps: int) -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        callbacks=[rec, probe],
+        callbacks=[rec, probe, RNGStateCallback()],
         default_root_dir=out_dir,
+        plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(module, datamodule=data)
     sampler = trainer.train_dataloader.bucket_sampler
+    # every rank's RNG state goes into the checkpoint that rank 0 writes
+    rng = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
+    trainer.save_checkpoint(out_dir / f"{job}.ckpt")
     result = {
+        "rng": rng,
         "rank": dist.get_rank(),
         "world_size": dist.get_world_size(),
         "backend": dist.get_backend(),

@@ -1,11 +1,12 @@
 """Distributed training: a 2-process CPU run (Lightning DDP, gloo) of pretraining and fine-tuning for
 a few steps (tests/robust_ddp_script.py, launched once for both jobs to pay the start-up once):
-the distributed batch sampler gives each rank disjoint batches in equal numbers, and the gradient
-DDP applies is the one of the global batch's loss (normalised by the masked frames, or the target
-tokens, of all ranks together)."""
+the distributed batch sampler gives each rank disjoint batches in equal numbers, the gradient DDP
+applies is the one of the global batch's loss (normalised by the masked frames, or the target
+tokens, of all ranks together), and a checkpoint holds every rank's RNG state."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from robust_utils import LENGTHS, finetune_corpus, pretrain_corpus
 
 SCRIPT = Path(__file__).with_name("robust_ddp_script.py")
@@ -44,12 +46,15 @@ def ranks(tmp_path_factory) -> dict[str, list[dict]]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {job: [json.loads((root / f"{job}_rank{r}.json").read_text()) for r in range(2)] for job in JOBS}
+    results = {
+        job: [json.loads((root / f"{job}_rank{r}.json").read_text()) for r in range(2)] for job in JOBS
+    }
+    return results, root
 
 
 @pytest.mark.parametrize("job", JOBS)
 def test_two_gloo_processes_take_disjoint_batches_in_equal_numbers(ranks, job):
-    r0, r1 = ranks[job]
+    r0, r1 = ranks[0][job]
     for r, result in enumerate((r0, r1)):
         assert (result["rank"], result["world_size"], result["backend"]) == (r, 2, "gloo")
         assert result["sampler"] == {"rank": r, "world_size": 2, "num_batches": r0["sampler"]["num_batches"]}
@@ -79,10 +84,19 @@ def test_two_gloo_processes_take_disjoint_batches_in_equal_numbers(ranks, job):
     ],
 )
 def test_gradient_is_that_of_the_global_batch_loss(ranks, job):
-    for result in ranks[job]:
+    for result in ranks[0][job]:
         checks = result["checks"]
         assert len(checks) == 2, checks
         # the check can fail: for these batches per-rank normalisation gives another gradient
         assert max(c["gap"] for c in checks) > 1e-3, checks
         for c in checks:
             assert c["err_right"] < 1e-5, c
+
+
+def test_checkpoint_holds_every_ranks_rng_state(ranks):
+    results, root = ranks
+    blob = torch.load(root / "pretrain.ckpt", map_location="cpu", weights_only=True)
+    (state,) = [v for k, v in blob["callbacks"].items() if "RNGStateCallback" in k]
+    saved = [hashlib.sha1(s["torch"].numpy().tobytes()).hexdigest() for s in state["per_rank"]]
+    assert saved == [r["rng"] for r in results["pretrain"]]
+    assert saved[0] != saved[1]  # the ranks drew differently (other batch shapes), so both are needed
