@@ -31,11 +31,13 @@ from kwav2vec.lit.rng_state import RNGStateCallback
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     # expected here: each run has its own checkpoint folder, the control run leaves RNGStateCallback out
-    pytest.mark.filterwarnings("ignore:The dirpath has changed", "ignore:Be aware that when using `ckpt_path`"),
+    pytest.mark.filterwarnings(
+        "ignore:The dirpath has changed", "ignore:Be aware that when using `ckpt_path`"
+    ),
 ]
 
-TOTAL = 9  # steps: more than one epoch of 6-7 batches
-STOP = 4  # killed mid-epoch, after the checkpoint of step 4
+TOTAL = 10  # steps: more than one epoch of 8 batches
+MID = 4  # killed mid-epoch, after the checkpoint of step 4
 
 
 class Killed(RuntimeError):
@@ -53,13 +55,16 @@ class KillAt(pl.Callback):
             raise Killed(f"simulated crash at step {self.k}")
 
 
-def _run(root, make_module, make_data, *, kill_at=None, ckpt_path=None, rng=True):
+def _run(root, make_module, make_data, *, stop=None, ckpt_path=None, rng=True):
+    """A run of TOTAL steps; with `stop`: checkpointed at step `stop` (last.ckpt) and killed right after."""
     pl.seed_everything(0, verbose=False)
     module, data, rec = make_module(), make_data(), StepRecorder()
-    ckpt = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=STOP, save_top_k=0, save_last=True)
-    callbacks = [rec, ckpt] + ([RNGStateCallback()] if rng else []) + ([KillAt(kill_at)] if kill_at else [])
+    callbacks = [rec] + ([RNGStateCallback()] if rng else [])
+    if stop is not None:
+        ckpt = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=stop, save_top_k=0, save_last=True)
+        callbacks += [ckpt, KillAt(stop)]
     t = trainer(root, TOTAL, callbacks, plugins=[AtomicCheckpointIO()])
-    if kill_at is None:
+    if stop is None:
         t.fit(module, datamodule=data, ckpt_path=ckpt_path)
     else:
         with pytest.raises(Killed):
@@ -75,8 +80,8 @@ JOBS = {
 
 @pytest.fixture(scope="module", params=list(JOBS))
 def runs(request, tmp_path_factory):
-    """(uninterrupted, killed, resumed) runs with RNG states in the checkpoints, and the means to
-    make another run."""
+    """An uninterrupted run, and runs killed and resumed mid-epoch and right after an epoch's last
+    batch (where the next batch comes from a new DataLoader iterator), with RNGStateCallback."""
     corpus, data_module, lit_module = JOBS[request.param]
     root = tmp_path_factory.mktemp(f"resume_{request.param}")
     manifest = corpus(root / "data")
@@ -87,25 +92,35 @@ def runs(request, tmp_path_factory):
     def data():
         return data_module(manifest)
 
-    full = _run(root / "full", module, data)
-    killed = _run(root / "killed", module, data, kill_at=STOP)
-    resumed = _run(root / "resumed", module, data, ckpt_path=killed[2])
-    return full, killed, resumed, (root, module, data)
+    probe = data()
+    probe.setup("fit")
+    per_epoch = len(probe.train_dataloader())
+    assert MID < per_epoch < TOTAL - 1
+    result = {"full": _run(root / "full", module, data), "factories": (root, module, data)}
+    for name, stop in (("mid-epoch", MID), ("epoch-end", per_epoch)):
+        killed = _run(root / f"{name}-killed", module, data, stop=stop)
+        resumed = _run(root / f"{name}-resumed", module, data, ckpt_path=killed[2])
+        result[name] = (stop, killed, resumed)
+    return result
 
 
-def test_resume_sees_the_same_batches(runs):
-    (full, _, _), (killed, _, _), (resumed, _, _), _ = runs
-    assert len(full.steps) == TOTAL and len(killed.steps) == STOP
-    assert killed.ids == full.ids[:STOP]
-    assert resumed.ids == full.ids[STOP:]
-    assert [s[0] for s in resumed.steps] == list(range(STOP + 1, TOTAL + 1))  # global steps continue
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
+def test_resume_sees_the_same_batches(runs, where):
+    full = runs["full"][0]
+    stop, (killed, _, _), (resumed, _, _) = runs[where]
+    assert len(full.steps) == TOTAL and len(killed.steps) == stop
+    assert killed.ids == full.ids[:stop]
+    assert resumed.ids == full.ids[stop:]
+    assert [s[0] for s in resumed.steps] == list(range(stop + 1, TOTAL + 1))  # global steps continue
 
 
-def test_resume_computes_the_same_losses_and_weights(runs):
-    (full, full_module, _), (killed, _, _), (resumed, resumed_module, _), _ = runs
-    assert killed.losses == full.losses[:STOP]
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
+def test_resume_computes_the_same_losses_and_weights(runs, where):
+    full, full_module, _ = runs["full"]
+    stop, (killed, _, _), (resumed, resumed_module, _) = runs[where]
+    assert killed.losses == full.losses[:stop]
     # bitwise: same batches, same random draws, same arithmetic
-    assert resumed.losses == full.losses[STOP:]
+    assert resumed.losses == full.losses[stop:]
     for name, value in parameters(full_module).items():
         torch.testing.assert_close(parameters(resumed_module)[name], value, rtol=0, atol=0, msg=name)
 
@@ -113,12 +128,14 @@ def test_resume_computes_the_same_losses_and_weights(runs):
 def test_without_rng_states_the_resumed_losses_differ(runs):
     """The control for the test above: it can fail. Without RNGStateCallback the batches still match
     but the masks/distractors/dropout do not, so the losses differ."""
-    (full, _, _), (_, _, ckpt), _, (root, module, data) = runs
+    full = runs["full"][0]
+    _, (_, _, ckpt), _ = runs["mid-epoch"]
+    root, module, data = runs["factories"]
     blob = torch.load(ckpt, map_location="cpu", weights_only=True)  # RNG states load as plain data
     assert any("RNGStateCallback" in key for key in blob["callbacks"])
     resumed, _, _ = _run(root / "resumed_no_rng", module, data, ckpt_path=ckpt, rng=False)
-    assert resumed.ids == full.ids[STOP:]
-    assert resumed.losses != full.losses[STOP:]
+    assert resumed.ids == full.ids[MID:]
+    assert resumed.losses != full.losses[MID:]
 
 
 MISSING_RNG = (

@@ -5,11 +5,14 @@ Lightning saves model, optimizer, scheduler, loop and dataloader states, but not
 states (torch CPU and CUDA, numpy, python `random`). Without them a run resumed from a mid-epoch
 checkpoint sees the same batches but draws different random numbers, so its losses differ.
 
-When to restore matters: between loading a checkpoint and the first training step, Lightning and
-torch consume random numbers of their own (a DataLoader draws its base seed from the torch RNG each
-time an iterator is created, the sanity-check validation builds another one). The states are
-therefore restored at the start of the first training batch after resuming, which is the point
-where an uninterrupted run would continue from the state captured when the checkpoint was written.
+Random numbers are also drawn *between* training batches, and not in the same places in an
+uninterrupted and a resumed run: a torch DataLoader draws its workers' base seed from the global
+torch generator every time an iterator is created (each epoch, and once more when a run resumes),
+the sanity-check and validation loops create iterators too. So `RNGStateCallback` makes the
+training steps' random stream independent of them: it snapshots the states at the end of every
+training batch and puts the snapshot back at the start of the next one. Checkpoints store the last
+snapshot; a resumed run puts it back at its first training batch. Draws made between batches still
+happen, they just do not shift the training steps' draws.
 
 Every rank has its own states; they are gathered into the checkpoint (written by rank 0) and each
 rank takes its own back. States are stored as tensors, ints and strings, so checkpoints still load
@@ -71,21 +74,39 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 class RNGStateCallback(pl.Callback):
-    """Stores every rank's RNG states in checkpoints and restores them when training resumes.
-
-    Return it from the LightningModule's `configure_callbacks` (or pass it to the Trainer). The
-    states captured are those at the moment the checkpoint is written (e.g. by ModelCheckpoint at
-    the end of a training batch), and they are put back at the start of the first training batch
-    of the resumed run.
-    """
+    """Carries the RNG states from one training batch to the next and through checkpoints (see the
+    module docstring). Return it from the LightningModule's `configure_callbacks` or pass it to the
+    Trainer. Costs a copy of a few KB of generator state per batch."""
 
     def __init__(self) -> None:
-        self._pending: list[dict[str, Any]] | None = None
+        self._snapshot: dict[str, Any] | None = None  # this rank's states at the end of the last batch
+        self._pending: list[dict[str, Any]] | None = None  # every rank's states from a checkpoint
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._snapshot = collect_rng_states()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is not None:
+            per_rank, self._pending = self._pending, None
+            rank, world = _rank_and_world()
+            if len(per_rank) != world:
+                log.warning(
+                    "checkpoint holds RNG states of %d processes, this run has %d: random draws (masks, "
+                    "dropout) will not continue exactly as in the interrupted run",
+                    len(per_rank),
+                    world,
+                )
+            if rank < len(per_rank):
+                self._snapshot = per_rank[rank]
+        if self._snapshot is not None:
+            set_rng_states(self._snapshot)
 
     def state_dict(self) -> dict[str, Any]:
         # Lightning builds the checkpoint dict on every rank (only rank 0 writes it), so every rank
         # takes part in this gather.
-        mine = collect_rng_states()
+        mine = self._snapshot if self._snapshot is not None else collect_rng_states()
         _, world = _rank_and_world()
         if world > 1:
             gathered: list[Any] = [None] * world
@@ -101,21 +122,3 @@ class RNGStateCallback(pl.Callback):
                 f"unrecognised RNG state in the checkpoint (format {state_dict.get('format')!r})"
             )
         self._pending = per_rank
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self._pending is None:
-            return
-        per_rank, self._pending = self._pending, None
-        rank, world = _rank_and_world()
-        if len(per_rank) != world:
-            log.warning(
-                "checkpoint holds RNG states of %d processes, this run has %d: random draws (masks, dropout) "
-                "will not continue exactly as in the interrupted run",
-                len(per_rank),
-                world,
-            )
-            if rank >= len(per_rank):
-                return
-        set_rng_states(per_rank[rank])
