@@ -3,7 +3,6 @@ corpora, tiny modules, a Trainer factory and a callback that records what every 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,13 +18,10 @@ from kwav2vec.lit.pretrain import Pretrainer
 # 0.4 to 0.75 s: 19 to 37 frames, enough for the tiny preset's 10-frame mask spans
 LENGTHS = [6400 + 350 * i for i in range(16)]
 TEXTS = ["안녕 하세요", "반갑 습니다", "좋은 아침", "감사 합니다", "네 맞아요", "안녕"]
-MAX_SAMPLES_PER_BATCH = 24000  # 2 or 3 utterances a batch, 6 or 7 batches an epoch
+MAX_SAMPLES_PER_BATCH = 24000  # 1 to 3 utterances a batch, 8 batches an epoch (one rank)
 # A tiny preset cut down further: two transformer layers, few distractors. Dropout stays on, so the
 # RNG state matters for exact resume.
 MODEL_OVERRIDES = {"encoder_layers": 2, "num_negatives": 10}
-# Quiet Lightning's advice about workers, logging intervals and the like.
-warnings.filterwarnings("ignore", module="lightning")
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""Exact mid-epoch resume through a real Lightning Trainer: a run killed after k steps and resumed
-from its last checkpoint (`Trainer.fit(ckpt_path=...)`) sees the same batches and computes the same
-losses as an uninterrupted run, on CPU. The losses only match when the RNG states (masks,
+"""Exact resume through a real Lightning Trainer, pretraining and fine-tuning: a run killed after k
+steps (mid-epoch, or right after an epoch's last batch) and resumed from its last checkpoint
+(`Trainer.fit(ckpt_path=...)`) sees the same batches and computes bit-identical losses and weights
+as an uninterrupted run, on CPU. The losses only match when the RNG states (masks,
 distractors, Gumbel noise, dropout) are resumed too: `RNGStateCallback`.
 
 Batch-order resume alone (including the `estimated_stepping_batches` trap and worker prefetch) is
