@@ -178,13 +178,6 @@ def test_training_runs_over_every_bad_audio_row(tmp_path, caplog, job):
 
 
 # ------------------------------------------------------------------ hand-written manifests
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kwav2vec.data.dataset.AudioDataset._log_filtered logs only counts per reason; it should name the "
-        "utterances it leaves out (at least the first few ids per reason)"
-    ),
-)
 @pytest.mark.parametrize("row", ["too-short", "ctc-infeasible"])
 def test_utterances_left_out_at_construction_are_named(tmp_path, caplog, row):
     if row == "too-short":
@@ -200,14 +193,6 @@ def test_utterances_left_out_at_construction_are_named(tmp_path, caplog, row):
     assert "u001" in caplog.text, caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kwav2vec.data.dataset.LabeledAudioDataset._filter_more accepts any `norm`: a manifest written by hand "
-        "with punctuation or another script trains on <unk> targets; it should leave such utterances out "
-        "(grapheme targets containing <unk> = not normalised Korean), count and name them, or raise naming them"
-    ),
-)
 @pytest.mark.parametrize("norm", ["!!! ... ?", "これは日本語です"], ids=["punctuation", "japanese"])
 def test_unnormalised_transcripts_in_a_manifest_are_caught(tmp_path, caplog, norm):
     graphemes, syllables = build_vocabularies([TEXT])

@@ -104,6 +104,7 @@ class AudioDataset(Dataset):
         self.min_sample_size = max(int(min_sample_size), int(receptive_field))
         self.receptive_field, self.name = receptive_field, name
         self.filtered: Counter[str] = Counter()
+        self.filtered_ids: dict[str, list[str]] = {}  # reason -> ids left out, for the log line
         self.skipped: Counter[str] = Counter()  # load failures seen by this process, by reason
         kept = [e for e in entries if self._keep(e)]
         self.entries = self._filter_more(kept)
@@ -111,22 +112,30 @@ class AudioDataset(Dataset):
         sizes = np.array([e.num_samples for e in self.entries], dtype=np.int64)
         self.sizes = np.minimum(sizes, max_sample_size) if (crop and max_sample_size) else sizes  # (N,)
 
+    def _leave_out(self, e: ManifestEntry, reason: str) -> None:
+        self.filtered[reason] += 1
+        self.filtered_ids.setdefault(reason, []).append(e.id)
+
     def _keep(self, e: ManifestEntry) -> bool:
         if e.num_samples < self.min_sample_size:
-            self.filtered["too-short"] += 1
+            self._leave_out(e, "too-short")
             return False
         if not self.crop and self.max_sample_size is not None and e.num_samples > self.max_sample_size:
-            self.filtered["too-long"] += 1
+            self._leave_out(e, "too-long")
             return False
         return True
 
     def _filter_more(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
         return entries
 
-    def _log_filtered(self, total: int) -> None:
+    def _log_filtered(self, total: int, shown: int = 5) -> None:
+        """One warning naming the reasons, counts and the first `shown` ids of each."""
         if self.filtered:
-            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.filtered.items()))
-            log.warning("%s: kept %d of %d utterances (filtered %s)", self.name, len(self.entries), total, reasons)
+            reasons = "; ".join(
+                f"{r}: {n} ({', '.join(self.filtered_ids[r][:shown])}{', ...' if n > shown else ''})"
+                for r, n in sorted(self.filtered.items())
+            )
+            log.warning("%s: kept %d of %d utterances (left out %s)", self.name, len(self.entries), total, reasons)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -190,11 +199,17 @@ class LabeledAudioDataset(AudioDataset):
             graphemes = self.grapheme_vocab.encode(e.norm)
             syllables = self.syllable_vocab.encode(e.norm)
             if len(graphemes) == 0 or len(syllables) == 0:
-                self.filtered["empty-target"] += 1
+                self._leave_out(e, "empty-target")
+                continue
+            # The grapheme vocabulary spells every normalized transcript; an <unk> among its ids
+            # means the `norm` was not normalized (punctuation, another script): training on it
+            # would teach <unk>.
+            if self.grapheme_vocab.unk_id in graphemes:
+                self._leave_out(e, "unnormalized-text")
                 continue
             frames = num_frames(e.num_samples, self.receptive_field, self.samples_per_frame)
             if max(ctc_min_frames(graphemes), ctc_min_frames(syllables)) > frames:
-                self.filtered["ctc-infeasible"] += 1
+                self._leave_out(e, "ctc-infeasible")
                 continue
             kept.append(e)
             # int32 arrays: a fraction of the memory of lists of Python ints, for every worker's copy.
