@@ -533,7 +533,12 @@ class HierarchicalFineTuner(pl.LightningModule):
         or None (head not built), "syllable_log_probs": (B, T, Vs) float32 or None}, on the CPU (the
         predict loop keeps every batch's output)."""
         self._check_batch(batch, with_targets=False)
-        log_probs, frames = self(batch["audio"], batch["audio_lengths"])
+        audio = batch["audio"]
+        if audio.shape[0] == 0:  # every file of the batch failed to load
+            empty = {h: torch.zeros(0, 0, len(getattr(self, f"{h}_vocab"))) for h in self.heads_used}
+            return {"ids": [], "frame_lengths": torch.zeros(0, dtype=torch.long),
+                    **{f"{h}_log_probs": empty.get(h) for h in HEADS}}
+        log_probs, frames = self(audio, batch["audio_lengths"])
         out: dict[str, Any] = {"ids": list(batch.get("ids", [])), "frame_lengths": frames.cpu()}
         for h in HEADS:
             out[f"{h}_log_probs"] = log_probs[h].cpu() if h in log_probs else None
