@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KWAV2VEC = [sys.executable, "-m", "kwav2vec.cli"]
-DECODERS = ("greedy", "beam", "joint-union", "joint-rescore")
+DECODERS = ("greedy-grapheme", "greedy-syllable", "beam-grapheme", "beam-syllable", "joint-union", "joint-rescore")
 
 
 def run(args: list[str], log: Path) -> None:
