@@ -10,7 +10,8 @@ number of masked frames. Both use the same architecture (config translated field
 batch, training mode (dropouts on), and the same optimizer (torch AdamW, fused kernel) so the optimizer
 is not what is compared. Each implementation lives in its own worker process with the same thread
 count; the parent alternates single steps between them (interleaved, order flipped every round) so
-machine load drifts hit both equally. Printed: median step time and the ratio ours / HF.
+machine load drifts hit both equally. Printed: median step time and the ratio ours / HF, and the
+ratio of median process CPU times (less sensitive to other processes on a shared machine).
 
 Memory method (separate workers, after one warmup step): peak resident set size (RSS) *growth during a
 step*. Before the step the worker
@@ -130,17 +131,18 @@ def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int
         before = _rss_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS high-water mark
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(i)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak = _rss_kib("VmHWM") - before
-        conn.send((elapsed, peak * 1024))
+        conn.send((elapsed, cpu, peak * 1024))
         i += 1
 
 
 def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup: int, threads: int,
-                malloc_mmap: bool) -> tuple[dict, dict, dict]:
-    """Steps both implementations alternately in two worker processes; returns params, times, peaks."""
+                malloc_mmap: bool) -> tuple[dict, dict, dict, dict]:
+    """Steps both implementations alternately in two worker processes; returns params and per-step
+    wall times, process CPU times and peak RSS growths."""
     ctx = mp.get_context("spawn")
     saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     if malloc_mmap:
@@ -161,29 +163,32 @@ def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup
             os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     params = {impl: conn.recv()[1] for impl, (_, conn) in workers.items()}
     times: dict[str, list[float]] = {"ours": [], "hf": []}
+    cpus: dict[str, list[float]] = {"ours": [], "hf": []}
     peaks: dict[str, list[int]] = {"ours": [], "hf": []}
     for r in range(warmup + steps):
         order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
         for impl in order:  # one step at a time: the other worker idles meanwhile
             conn = workers[impl][1]
             conn.send("step")
-            elapsed, peak = conn.recv()
+            elapsed, cpu, peak = conn.recv()
             if r >= warmup:
                 times[impl].append(elapsed)
+                cpus[impl].append(cpu)
                 peaks[impl].append(peak)
     for p, conn in workers.values():
         conn.send("stop")
         p.join(timeout=30)
-    return params, times, peaks
+    return params, times, cpus, peaks
 
 
 def compare(preset_name: str, batch: int, seconds: float, repeats: int, warmup: int, threads: int) -> dict:
     # timing with the normal allocator; memory in separate workers with every tensor mmapped (see docstring)
-    params, times, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
-    _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
+    params, times, cpus, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
+    _, _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
     mem = {k: statistics.median(v) for k, v in peaks.items()}
-    return {"params": params, "time": med, "mem": mem}
+    return {"params": params, "time": med, "cpu": cpu, "mem": mem}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,18 +206,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"threads={args.threads} repeats={args.repeats} warmup={args.warmup} (median over repeats)")
     header = f"{'preset':<6} {'batch':<8} {'params':>11} {'ours s':>8} {'HF s':>8} {'time ratio':>10} " \
-             f"{'ours MiB':>9} {'HF MiB':>9} {'mem ratio':>9}"
+             f"{'cpu ratio':>9} {'ours MiB':>9} {'HF MiB':>9} {'mem ratio':>9}"
     print(header)
     print("-" * len(header))
     for name in args.presets:
         for shape in args.shapes:
             b, s = shape.lower().split("x")
             res = compare(name, int(b), float(s), args.repeats, args.warmup, args.threads)
-            t, m = res["time"], res["mem"]
+            t, c, m = res["time"], res["cpu"], res["mem"]
             print(f"{name:<6} {shape:<8} {res['params']['ours']:>11,} {t['ours']:>8.3f} {t['hf']:>8.3f} "
-                  f"{t['ours'] / t['hf']:>10.2f} {m['ours'] / 2**20:>9.1f} {m['hf'] / 2**20:>9.1f} "
+                  f"{t['ours'] / t['hf']:>10.2f} {c['ours'] / c['hf']:>9.2f} "
+                  f"{m['ours'] / 2**20:>9.1f} {m['hf'] / 2**20:>9.1f} "
                   f"{m['ours'] / m['hf']:>9.2f}", flush=True)
-    print("goal: time ratio <= 0.75, memory ratio <= 0.9 (ours / HF; lower is better)")
+    print("time ratio: median wall-clock step time, ours / HF; cpu ratio: the same for process CPU time,")
+    print("which shared-machine load disturbs less; mem ratio: median peak RSS growth in a step, ours / HF.")
+    print("goal: time ratio <= 0.75, memory ratio <= 0.9 (lower is better)")
     return 0
 
 

@@ -145,3 +145,22 @@ def test_transformer_layer_contract():
     torch.testing.assert_close(y[1, :4], layer(x[1:, :4], None)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(2, 5\)"):
         layer(x, torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_channel_layer_norm_matches_transposed_layer_norm():
+    from kwav2vec.models.feature_encoder import Fp32LayerNorm, channel_layer_norm
+
+    torch.manual_seed(0)
+    norm = Fp32LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 6, 11, dtype=torch.float64).float().requires_grad_()
+    g = torch.randn(3, 6, 11)
+    ours = channel_layer_norm(x, norm)
+    ref = norm(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad((ours * g).sum(), [x, norm.weight, norm.bias])
+    ref_grads = torch.autograd.grad((ref * g).sum(), [x, norm.weight, norm.bias])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -181,6 +181,13 @@ def test_bad_batch_names_keys():
         module.training_step({"ids": ["a"], "audio": torch.zeros(1, 8000)}, 0)
 
 
+def test_too_short_utterance_error_names_ids():
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10)
+    batch = {"ids": ["short_one", "other"], "audio": torch.randn(2, 1000), "audio_lengths": torch.tensor([1000, 300])}
+    with pytest.raises(ValueError, match="short_one.*fewer than the 400"):
+        module.training_step(batch, 0)
+
+
 def test_total_steps_required():
     module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1})
     with pytest.raises(ValueError, match="max_steps"):

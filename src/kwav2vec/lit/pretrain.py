@@ -137,21 +137,27 @@ class Pretrainer(pl.LightningModule):
         self.log(f"{stage}/loss", terms["loss"].detach(), on_step=on_step, on_epoch=not on_step,
                  batch_size=batch_size, prog_bar=True, sync_dist=not on_step)
 
+    def _forward(self, batch: dict, generator: torch.Generator | None = None):
+        audio, lengths = self._unpack(batch)
+        try:
+            return self.model(audio, lengths, generator=generator)
+        except ValueError as e:  # name the utterances: the model only knows shapes
+            raise ValueError(f"pretraining batch with ids {list(batch.get('ids', []))}: {e}") from e
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.model.set_num_updates(self.global_step)  # anneals the Gumbel temperature
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        audio, lengths = self._unpack(batch)
-        out = self.model(audio, lengths)
+        out = self._forward(batch)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
-        self._log_terms("train", terms, audio.shape[0], temperature=out.temperature)
+        self._log_terms("train", terms, batch["audio"].shape[0], temperature=out.temperature)
         return terms["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        audio, lengths = self._unpack(batch)
+        audio, _ = self._unpack(batch)
         # a fixed mask/distractor draw per batch makes validation numbers comparable across epochs
         gen = torch.Generator(device=audio.device).manual_seed(batch_idx)
-        out = self.model(audio, lengths, generator=gen)
+        out = self._forward(batch, gen)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
         self._log_terms("val", terms, audio.shape[0])
 

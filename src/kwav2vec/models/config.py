@@ -159,7 +159,9 @@ def _presets() -> dict[str, Wav2Vec2Config]:
             conv_pos=64,
             conv_pos_groups=16,
             dropout=0.1,
-            attention_dropout=0.1,
+            # dropout on attention weights forces the materialised (B, H, T, T) attention path, several
+            # times slower on CPU than the fused kernel; LARGE does without it too
+            attention_dropout=0.0,
             final_dim=128,
             latent_vars=64,
             latent_groups=2,

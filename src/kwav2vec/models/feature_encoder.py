@@ -34,6 +34,40 @@ class Fp32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
+class _ChannelLayerNorm(torch.autograd.Function):
+    """Layer norm over C of a (B, C, T) tensor without transposing it.
+
+    Equal to `F.layer_norm(x.transpose(1, 2), (C,), w, b).transpose(1, 2)`, but every pass is
+    contiguous: the transposed route costs two strided copies forward and two backward per conv block,
+    about a fifth of a training step of a layer-norm extractor on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)  # (B, 1, T)
+        rstd = torch.rsqrt(var + eps)
+        xhat = (x - mean).mul_(rstd)
+        ctx.save_for_backward(xhat, rstd, weight)
+        return torch.addcmul(bias[:, None], xhat, weight[:, None])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xhat, rstd, weight = ctx.saved_tensors
+        grad_weight = (grad * xhat).sum((0, 2))
+        grad_bias = grad.sum((0, 2))
+        g = grad * weight[:, None]
+        # d/dx of (x - mean) * rstd, projected per frame: g - mean(g) - xhat * mean(g * xhat)
+        gx = (g - g.mean(1, keepdim=True)).sub_(xhat * (g * xhat).mean(1, keepdim=True)).mul_(rstd)
+        return gx, grad_weight, grad_bias, None
+
+
+def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """fp32 layer norm over the channels of x (B, C, T) with `norm`'s affine parameters."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = _ChannelLayerNorm.apply(x.float(), norm.weight.float(), norm.bias.float(), norm.eps)
+    return y.to(x.dtype)
+
+
 class MaskedFp32GroupNorm(nn.GroupNorm):
     """fairseq's Fp32GroupNorm(dim, dim): per-channel normalisation over time, in float32.
 
@@ -121,8 +155,9 @@ class ConvFeatureEncoder(nn.Module):
             x = block[0](x)  # conv
             x = block[1](x)  # dropout (p=0, kept for key alignment)
             if isinstance(block[2], MaskedFp32GroupNorm):
-                x = block[2](x, lengths)
-                x = block[3](x)
+                x = block[3](block[2](x, lengths))
+            elif isinstance(block[2], nn.Sequential):  # (TransposeLast, Fp32LayerNorm, TransposeLast)
+                x = block[3](channel_layer_norm(x, block[2][1]))
             else:
                 for m in block[2:]:
                     x = m(x)
