@@ -181,7 +181,7 @@ def test_overfitting_one_batch_drives_both_heads_to_cer_zero():
                 break
     assert metrics.cer(TEXTS, out["syllable"]) == 0.0, out
     assert metrics.cer(TEXTS, out["grapheme"]) == 0.0, out
-    assert float(loss) < 0.1 * first
+    assert float(loss.detach()) < 0.1 * first
 
 
 # ---------------------------------------------------------------- evaluation helpers
@@ -263,3 +263,16 @@ def test_init_from_a_backbone_file(tmp_path):
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="neither a backbone file"):
         make_model(init_from=str(tmp_path / "other.pt"))
+
+
+def test_batch_errors_name_keys_and_utterances():
+    model = make_model(0.5)
+    batch = make_batch()
+    with pytest.raises(KeyError, match="syllable_lengths"):
+        step(model, {k: v for k, v in batch.items() if k != "syllable_lengths"})
+    short = dict(batch, audio_lengths=torch.tensor([6400, 100, 6400, 6400]))
+    with pytest.raises(ValueError, match=r"ids \['utt0', 'utt1'.*utterances \[1\] have \[100\] samples"):
+        step(model, short)
+    bad_targets = dict(batch, graphemes=batch["graphemes"][:2])
+    with pytest.raises(ValueError, match=r"grapheme targets of the batch with ids \['utt0'.*targets must be"):
+        step(model, bad_targets)

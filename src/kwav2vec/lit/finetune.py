@@ -180,8 +180,8 @@ class HierarchicalFineTuner(pl.LightningModule):
     frames) are excluded from the loss and counted: `train/ctc_infeasible` (any head), and
     `train/ctc_infeasible_{grapheme,syllable}`. Log-softmax and CTC run in float32 with autocast off.
 
-    Trainer options, not arguments here: gradient clipping (`gradient_clip_val`, fairseq clips at
-    norm 0 = off by default for fine-tuning, K-wav2vec 0), gradient accumulation
+    Trainer options, not arguments here: gradient clipping (`gradient_clip_val`; fairseq's default
+    `clip_norm` 0 means off), gradient accumulation
     (`accumulate_grad_batches`, fairseq `update_freq`), mixed precision (`precision="bf16-mixed"` or
     "16-mixed"). Under DDP use `strategy="ddp_find_unused_parameters_true"` when
     `freeze_backbone_updates` > 0 or `layerdrop` > 0 (some parameters get no gradient in a step).
@@ -392,6 +392,12 @@ class HierarchicalFineTuner(pl.LightningModule):
             self.train(was_training)
         return {h: greedy_decode(lp, frames, getattr(self, f"{h}_vocab")) for h, lp in log_probs.items()}
 
+    def _forward_batch(self, batch: dict, freeze_backbone: bool = False):
+        try:
+            return self(batch["audio"], batch["audio_lengths"], freeze_backbone=freeze_backbone)
+        except ValueError as e:  # name the utterances: the model only knows shapes
+            raise ValueError(f"fine-tuning batch with ids {list(batch.get('ids', []))}: {e}") from e
+
     # ------------------------------------------------------------------ loss
     def _check_batch(self, batch: Any, with_targets: bool, with_texts: bool = False) -> None:
         needed = ["audio", "audio_lengths"]
@@ -411,16 +417,26 @@ class HierarchicalFineTuner(pl.LightningModule):
             n = self.trainer.strategy.reduce(n.clone(), reduce_op="sum") / self.trainer.world_size
         return n.clamp(min=1.0)
 
-    def _loss(
-        self, log_probs: dict[str, torch.Tensor], frames: torch.Tensor, batch: dict
-    ) -> tuple[torch.Tensor, dict[str, CTCTerms], dict[str, torch.Tensor]]:
-        """-> (λ-combined loss, per-head CTC terms, per-head normalised losses)."""
-        terms, per_head = {}, {}
+    def _ctc(self, log_probs: dict[str, torch.Tensor], frames: torch.Tensor, batch: dict) -> dict[str, CTCTerms]:
+        """Per-head CTC sums, token counts and infeasible utterances (no collective: safe anywhere)."""
+        terms = {}
         for h, lp in log_probs.items():
             targets_key, lengths_key = TARGET_KEYS[h]
             vocab = getattr(self, f"{h}_vocab")
-            terms[h] = ctc_terms(lp, frames, batch[targets_key], batch[lengths_key], vocab.blank_id)
-            per_head[h] = terms[h].loss_sum / self._global_tokens(terms[h].ntokens)
+            try:
+                terms[h] = ctc_terms(lp, frames, batch[targets_key], batch[lengths_key], vocab.blank_id)
+            except ValueError as e:
+                raise ValueError(f"{h} targets of the batch with ids {list(batch.get('ids', []))}: {e}") from e
+        return terms
+
+    def _loss(
+        self, log_probs: dict[str, torch.Tensor], frames: torch.Tensor, batch: dict
+    ) -> tuple[torch.Tensor, dict[str, CTCTerms], dict[str, torch.Tensor]]:
+        """-> (λ-combined training loss, per-head CTC terms, per-head normalised losses).
+
+        Under DDP every rank must call this once per training step (one all-reduce per head)."""
+        terms = self._ctc(log_probs, frames, batch)
+        per_head = {h: t.loss_sum / self._global_tokens(t.ntokens) for h, t in terms.items()}
         loss = multitask_ctc_loss(self.hparams.mtl_weight, per_head.get("syllable"), per_head.get("grapheme"))
         return loss, terms, per_head
 
@@ -430,9 +446,11 @@ class HierarchicalFineTuner(pl.LightningModule):
         B = batch["audio"].shape[0]
         if B == 0:  # every file of the batch failed to load: a zero step keeps DDP ranks in lockstep
             log.warning("empty training batch %d (all utterances skipped)", batch_idx)
+            for _ in self.heads_used:  # the other ranks' token all-reduces wait for this one's
+                self._global_tokens(torch.zeros((), device=self.device))
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         frozen = self.global_step < self.hparams.freeze_backbone_updates
-        log_probs, frames = self(batch["audio"], batch["audio_lengths"], freeze_backbone=frozen)
+        log_probs, frames = self._forward_batch(batch, freeze_backbone=frozen)
         loss, terms, per_head = self._loss(log_probs, frames, batch)
         infeasible = torch.stack([t.infeasible for t in terms.values()]).any(0).sum().float()
         logs = {"train/loss": loss.detach(), "train/ctc_infeasible": infeasible}
@@ -458,8 +476,8 @@ class HierarchicalFineTuner(pl.LightningModule):
         self._check_batch(batch, with_targets=True, with_texts=True)
         if batch["audio"].shape[0] == 0:
             return
-        log_probs, frames = self(batch["audio"], batch["audio_lengths"])
-        _, terms, _ = self._loss(log_probs, frames, batch)
+        log_probs, frames = self._forward_batch(batch)
+        terms = self._ctc(log_probs, frames, batch)
         counts = self._counts
         counts["infeasible"] += float(torch.stack([t.infeasible for t in terms.values()]).any(0).sum())
         refs = list(batch["texts"])
@@ -538,7 +556,7 @@ class HierarchicalFineTuner(pl.LightningModule):
             empty = {h: torch.zeros(0, 0, len(getattr(self, f"{h}_vocab"))) for h in self.heads_used}
             return {"ids": [], "frame_lengths": torch.zeros(0, dtype=torch.long),
                     **{f"{h}_log_probs": empty.get(h) for h in HEADS}}
-        log_probs, frames = self(audio, batch["audio_lengths"])
+        log_probs, frames = self._forward_batch(batch)
         out: dict[str, Any] = {"ids": list(batch.get("ids", [])), "frame_lengths": frames.cpu()}
         for h in HEADS:
             out[f"{h}_log_probs"] = log_probs[h].cpu() if h in log_probs else None
