@@ -25,6 +25,11 @@ KWAV2VEC = [sys.executable, "-m", "kwav2vec.cli"]
 DECODERS = ("greedy-grapheme", "greedy-syllable", "beam-grapheme", "beam-syllable", "joint-union", "joint-rescore")
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run(args: list[str], log: Path) -> None:
     """Run one `kwav2vec` command, echoing it; its full output goes to `log`."""
     print(f"\n$ kwav2vec {shlex.join(args)}", flush=True)
@@ -35,7 +40,7 @@ def run(args: list[str], log: Path) -> None:
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-40:]
         sys.exit(f"command failed after {elapsed:.0f} s (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
-    print(f"  done in {elapsed / 60:.1f} min (log: {log.relative_to(ROOT)})", flush=True)
+    print(f"  done in {elapsed / 60:.1f} min (log: {_shown(log)})", flush=True)
 
 
 def loss_curve(metrics_csv: Path, key: str = "train/loss_step") -> list[tuple[int, float]]:
@@ -95,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         out / "evaluate.log")
     summary = json.loads((results / "summary.json").read_text())
 
-    print(f"\nDemo test split ({summary.get('utterances', '?')} utterances), fine-tuned model {finetuned.relative_to(ROOT)}:\n")
+    print(f"\nDemo test split ({summary.get('utterances', '?')} utterances), fine-tuned model {_shown(finetuned)}:\n")
     print("| decoder | CER % | WER % | sWER % | OOV-syllable recovery % |")
     print("|---|---|---|---|---|")
     for name, m in summary["decoders"].items():
         cells = [m["cer"], m["wer"], m["swer"], m["oov_recovery"]]
         print(f"| {name} | " + " | ".join("n/a" if c is None or math.isnan(c) else f"{100 * c:.1f}" for c in cells) + " |")
-    print(f"\nTotal time {(time.monotonic() - started) / 60:.1f} min. Checkpoints and CSV logs: {out.relative_to(ROOT)}/"
-          f"{{pretrain,finetune}}/; per-utterance results: {results.relative_to(ROOT)}/")
+    print(f"\nTotal time {(time.monotonic() - started) / 60:.1f} min. Checkpoints and CSV logs: {_shown(out)}/"
+          f"{{pretrain,finetune}}/; per-utterance results: {_shown(results)}/")
     return 0
 
 
