@@ -70,16 +70,7 @@ def test_two_gloo_processes_take_disjoint_batches_in_equal_numbers(ranks, job):
 @pytest.mark.parametrize(
     "job",
     [
-        pytest.param(
-            "pretrain",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "Pretrainer.training_step returns the loss averaged over its own rank's masked frames, so DDP's "
-                    "gradient average weights each rank equally instead of by its share of the masked frames"
-                ),
-            ),
-        ),
+        "pretrain",
         "finetune",
     ],
 )

@@ -22,7 +22,7 @@ import torch
 from rapidfuzz.distance import Levenshtein
 
 from kwav2vec.decoding.greedy import greedy_decode
-from kwav2vec.lit.guards import NonFiniteGuard
+from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.pretrain import load_backbone_weights, read_backbone_checkpoint
 from kwav2vec.lit.schedules import tri_stage_schedule
 from kwav2vec.metrics import normalize_for_scoring, oov_recovery_counts, space_normalize
@@ -351,7 +351,9 @@ class HierarchicalFineTuner(pl.LightningModule):
         self._build_heads()  # only the missing ones
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [NonFiniteGuard()]
+        # Always on, whoever builds the Trainer: skip non-finite steps; resume with the RNG streams
+        # of an uninterrupted run.
+        return safety_callbacks(self._trainer)
 
     # ------------------------------------------------------------------ forward
     def _heads(self) -> dict[str, torch.nn.Module]:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
+
+from kwav2vec.lit.rng_state import RNGStateCallback
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
@@ -103,3 +105,11 @@ class NonFiniteGuard(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped_total = int(state_dict["skipped_total"])
         self.consecutive = int(state_dict["consecutive"])
+
+
+def safety_callbacks(trainer: pl.Trainer | None) -> list[pl.Callback]:
+    """The callbacks our LightningModules always run (from `configure_callbacks`): the non-finite
+    guard and the RNG state keeper for exact resume. One the Trainer already has (e.g. a guard with
+    another `max_consecutive`) is kept instead: Lightning would otherwise replace it with ours."""
+    present = [type(c) for c in trainer.callbacks] if trainer is not None else []
+    return [cls() for cls in (NonFiniteGuard, RNGStateCallback) if not any(issubclass(p, cls) for p in present)]

@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.schedules import polynomial_decay_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.losses import pretraining_loss
@@ -151,7 +152,26 @@ class Pretrainer(pl.LightningModule):
         out = self._forward(batch)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
         self._log_terms("train", terms, batch["audio"].shape[0], temperature=out.temperature)
-        return terms["loss"]
+        return self._global_normalised(terms["loss"], out.mask.sum().float())
+
+    @staticmethod
+    def _global_normalised(loss: torch.Tensor, masked_frames: torch.Tensor) -> torch.Tensor:
+        """The loss as a share of the global batch's: under DDP each rank's loss is averaged over its
+        own masked frames, and DDP averages gradients over ranks, which would weight a rank with few
+        masked frames as much as one with many. Scaling by frames * world / global frames makes the
+        averaged gradient that of the loss over all masked frames of all ranks (fairseq's
+        sample_size normalisation)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return loss
+        world = torch.distributed.get_world_size()
+        total = masked_frames.detach().clone()
+        torch.distributed.all_reduce(total)
+        return loss * masked_frames * world / total.clamp(min=1.0)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        # Always on, whoever builds the Trainer: skip non-finite steps; resume with the RNG streams
+        # of an uninterrupted run.
+        return safety_callbacks(self._trainer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         audio, _ = self._unpack(batch)
