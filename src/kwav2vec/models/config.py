@@ -60,7 +60,7 @@ class Wav2Vec2Config:
     mask_length: int = 10  # span length in frames
     mask_min_masks: int = 2  # at least this many spans per utterance (fairseq hard-codes min_masks=2)
     require_same_masks: bool = True  # every utterance of a batch gets the same number of masked frames
-    mask_channel_prob: float = 0.0
+    mask_channel_prob: float = 0.0  # pretraining channel masking (off in every fairseq recipe)
     mask_channel_length: int = 10
 
     def __post_init__(self) -> None:

@@ -9,6 +9,12 @@ One deliberate difference from fairseq: the "default"-mode group norm (one group
 statistics over *time*) only looks at each utterance's own frames. fairseq and Hugging Face include the
 zero padding of a batch in those statistics, so a padded utterance gets different features than the
 same utterance alone; for unpadded input the two are identical.
+
+Speed: the convolutions run as im2col (`unfold`) + one matrix multiply on time-major (B, T, C)
+activations rather than `conv1d` on (B, C, T). On CPU that is about a quarter faster than oneDNN's
+convolution (forward + backward), and the layer norms then act on contiguous channels with no
+transposes. Same weights (`conv.weight` reshaped), same results up to float rounding. The output is
+therefore (B, T, C), not fairseq's (B, C, T).
 """
 
 from __future__ import annotations
@@ -32,40 +38,6 @@ class Fp32LayerNorm(nn.LayerNorm):
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
-
-
-class _ChannelLayerNorm(torch.autograd.Function):
-    """Layer norm over C of a (B, C, T) tensor without transposing it.
-
-    Equal to `F.layer_norm(x.transpose(1, 2), (C,), w, b).transpose(1, 2)`, but every pass is
-    contiguous: the transposed route costs two strided copies forward and two backward per conv block,
-    about a fifth of a training step of a layer-norm extractor on CPU.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)  # (B, 1, T)
-        rstd = torch.rsqrt(var + eps)
-        xhat = (x - mean).mul_(rstd)
-        ctx.save_for_backward(xhat, rstd, weight)
-        return torch.addcmul(bias[:, None], xhat, weight[:, None])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        xhat, rstd, weight = ctx.saved_tensors
-        grad_weight = (grad * xhat).sum((0, 2))
-        grad_bias = grad.sum((0, 2))
-        g = grad * weight[:, None]
-        # d/dx of (x - mean) * rstd, projected per frame: g - mean(g) - xhat * mean(g * xhat)
-        gx = (g - g.mean(1, keepdim=True)).sub_(xhat * (g * xhat).mean(1, keepdim=True)).mul_(rstd)
-        return gx, grad_weight, grad_bias, None
-
-
-def channel_layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """fp32 layer norm over the channels of x (B, C, T) with `norm`'s affine parameters."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        y = _ChannelLayerNorm.apply(x.float(), norm.weight.float(), norm.bias.float(), norm.eps)
-    return y.to(x.dtype)
 
 
 class MaskedFp32GroupNorm(nn.GroupNorm):
@@ -113,8 +85,23 @@ def conv_output_lengths(lengths: torch.Tensor, conv_layers: list[tuple[int, int,
     return out
 
 
+def conv_as_matmul(x: torch.Tensor, conv: nn.Conv1d, channels_first: bool = False) -> torch.Tensor:
+    """`conv` (no padding, no dilation, groups 1) applied as im2col + matmul.
+
+    x: (B, T, C_in) time-major, or (B, C_in, T) with `channels_first`. Returns (B, T_out, C_out).
+    """
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    if channels_first:
+        cols = x.unfold(2, kernel, stride).permute(0, 2, 1, 3)  # (B, T_out, C_in, k) view
+    else:
+        cols = x.unfold(1, kernel, stride)  # (B, T_out, C_in, k) view
+    B, T_out, C_in, _ = cols.shape
+    weight = conv.weight.reshape(conv.out_channels, C_in * kernel)  # same (c, j) order as the columns
+    return F.linear(cols.reshape(B, T_out, C_in * kernel), weight, conv.bias)
+
+
 class ConvFeatureEncoder(nn.Module):
-    """Waveforms (B, S) -> features (B, C, T) and their frame lengths (B,).
+    """Waveforms (B, S) -> features (B, T, C) and their frame lengths (B,).
 
     Args:
         conv_layers: [(channels, kernel, stride), ...] (fairseq `conv_feature_layers`).
@@ -148,17 +135,23 @@ class ConvFeatureEncoder(nn.Module):
         return conv_output_lengths(lengths, self.layer_specs)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = x.unsqueeze(1)  # (B, 1, S)
-        for block, (_, kernel, stride) in zip(self.conv_layers, self.layer_specs):
+        """x: (B, S) waveforms; lengths: (B,) samples. Returns features (B, T, C) and frame lengths (B,)."""
+        channels_first = False
+        for i, (block, (_, kernel, stride)) in enumerate(zip(self.conv_layers, self.layer_specs)):
             if lengths is not None:
                 lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-            x = block[0](x)  # conv
-            x = block[1](x)  # dropout (p=0, kept for key alignment)
-            if isinstance(block[2], MaskedFp32GroupNorm):
-                x = block[3](block[2](x, lengths))
-            elif isinstance(block[2], nn.Sequential):  # (TransposeLast, Fp32LayerNorm, TransposeLast)
-                x = block[3](channel_layer_norm(x, block[2][1]))
-            else:
-                for m in block[2:]:
-                    x = m(x)
-        return x, lengths  # (B, C, T), (B,)
+            conv, norm, act = block[0], block[2], block[-1]
+            if isinstance(norm, MaskedFp32GroupNorm):
+                # per-channel statistics over time: the fused group-norm kernel wants (B, C, T)
+                x = conv(x.unsqueeze(1)) if i == 0 else conv(x.transpose(1, 2))  # (B, C, T)
+                x = act(norm(x, lengths))
+                channels_first = True
+                continue
+            x = conv_as_matmul(x.unsqueeze(-1) if i == 0 else x, conv, channels_first)  # (B, T, C)
+            channels_first = False
+            if isinstance(norm, nn.Sequential):  # (TransposeLast, Fp32LayerNorm, TransposeLast): keys only
+                x = norm[1](x)  # time-major already: layer norm over the contiguous channels
+            x = act(x)
+        if channels_first:
+            x = x.transpose(1, 2)
+        return x, lengths  # (B, T, C), (B,)

@@ -144,18 +144,18 @@ class Wav2Vec2Model(nn.Module):
             waveforms = self._normalize(waveforms, lengths)
         mult = self.cfg.feature_grad_mult
         if mult > 0:
-            features, frames = self.feature_extractor(waveforms, lengths)  # (B, C, T)
+            features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
             if mult != 1.0 and torch.is_grad_enabled():
                 features = GradMultiply.apply(features, mult)
         else:
             with torch.no_grad():
                 features, frames = self.feature_extractor(waveforms, lengths)
-        T = features.shape[-1]
+        T = features.shape[1]
         padding_mask = torch.arange(T, device=features.device) >= frames[:, None]  # (B, T) True = pad
         # fairseq's L2 penalty on the raw conv features, here over real frames only
-        sq = features.float().pow(2).mean(1)  # (B, T)
+        sq = features.float().pow(2).mean(-1)  # (B, T)
         features_pen = sq.masked_fill(padding_mask, 0.0).sum() / frames.sum().clamp(min=1)
-        features = self.layer_norm(features.transpose(1, 2))  # (B, T, C)
+        features = self.layer_norm(features)  # (B, T, C)
         return features, frames, padding_mask, features_pen
 
     def _project(self, features: torch.Tensor) -> torch.Tensor:
@@ -237,6 +237,8 @@ class Wav2Vec2Model(nn.Module):
         if bool((counts != M).any()):
             raise ValueError(f"every utterance must mask the same number of frames, got {counts.tolist()}")
         x = torch.where(mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        if self.training and self.cfg.mask_channel_prob > 0:  # fairseq applies it after the time mask
+            x = apply_channel_mask(x, self.cfg.mask_channel_prob, self.cfg.mask_channel_length, generator)
         x = self.encoder(x, padding_mask)  # (B, T, D)
 
         # targets: quantize the unmasked features at the masked frames only
