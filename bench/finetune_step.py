@@ -1,0 +1,218 @@
+"""Fine-tuning step: ours (HierarchicalFineTuner) vs Hugging Face `Wav2Vec2ForCTC`, and the cost of
+the syllable head.
+
+    .venv/bin/python bench/finetune_step.py                     # tiny + base, 4 x 4 s
+    .venv/bin/python bench/finetune_step.py --presets tiny --repeats 10
+
+Three workers, one process each, same thread count:
+- `ours`: `HierarchicalFineTuner.training_step` with mtl_weight 0 (grapheme head only, the
+  configuration Wav2Vec2ForCTC has), then backward, AdamW step, zero_grad;
+- `hf`: `Wav2Vec2ForCTC` with the same architecture (config translated by bench/train_step.py's
+  `hf_config`), the same fine-tuning dropouts, masking (time 0.5 x 10 frames, channels 0.1 x 64),
+  frozen feature encoder, zero_infinity CTC over the same jamo vocabulary and targets;
+- `ours_mtl`: ours with mtl_weight 0.5, i.e. plus the syllable head (2 transformer layers + linear
+  over a 2,000-syllable vocabulary, KsponSpeech-sized).
+LayerDrop is off in all three (a random number of layers per step would only add noise). Both
+implementations use torch's fused AdamW, so the optimizer is not what is compared. The parent
+steps the workers one at a time, rotating the order every round, so load drifts hit all equally.
+Printed: median wall-clock step time, ratios ours / HF (wall and process CPU time, the latter less
+disturbed by other processes on a shared machine), the syllable head's extra cost (ours_mtl / ours),
+and peak memory ratios. Memory is measured as in bench/train_step.py (peak RSS growth during a step,
+workers started with MALLOC_MMAP_THRESHOLD_ so freed tensors leave the RSS); Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from train_step import SAMPLE_RATE, _rss_kib, hf_config  # noqa: E402  (shared helpers of the pretraining bench)
+
+IMPLS = ("ours", "hf", "ours_mtl")
+MASK = {"mask_prob": 0.5, "mask_length": 10, "mask_channel_prob": 0.1, "mask_channel_length": 64}
+JAMO_PER_FRAME = 0.3  # about 15 jamo a second of read Korean speech: realistic target lengths
+SYLLABLES = 2000
+
+
+def build(impl: str, preset_name: str, batch: int, seconds: float):
+    """-> (step function, number of parameters) for one implementation."""
+    import torch
+
+    from kwav2vec.lit.finetune import HierarchicalFineTuner
+    from kwav2vec.text.vocab import Vocabulary
+
+    S = int(round(seconds * SAMPLE_RATE))
+    audio = torch.randn(batch, S)
+    lengths = torch.full((batch,), S, dtype=torch.long)
+    graphemes = Vocabulary.grapheme()
+    syllables = Vocabulary([chr(0xAC00 + i) for i in range(SYLLABLES)], "syllable")
+    ours = HierarchicalFineTuner(
+        model=preset_name, grapheme_vocabulary=graphemes.to_dict(), syllable_vocabulary=syllables.to_dict(),
+        mtl_weight=0.5 if impl == "ours_mtl" else 0.0, layerdrop=0.0, total_steps=10_000, **MASK,
+    )
+    T = int(ours.backbone.frame_lengths(lengths)[0])
+    L = int(T * JAMO_PER_FRAME)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(3, len(graphemes), (batch, L), generator=gen)  # no blank, no specials
+    syllable_targets = torch.randint(3, len(syllables), (batch, L // 3), generator=gen)
+    data = {
+        "ids": [f"u{i}" for i in range(batch)], "audio": audio, "audio_lengths": lengths,
+        "graphemes": targets, "grapheme_lengths": torch.full((batch,), L),
+        "syllables": syllable_targets, "syllable_lengths": torch.full((batch,), L // 3),
+    }
+
+    if impl in ("ours", "ours_mtl"):
+        model = ours.train()
+        optimizer = model.configure_optimizers()["optimizer"]
+
+        def step() -> None:
+            loss = model.training_step(data, 0)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        hcfg = hf_config(ours.config)  # our resolved config: the fine-tuning dropouts are already in it
+        hcfg.vocab_size = len(graphemes)
+        hcfg.pad_token_id = graphemes.blank_id  # Wav2Vec2ForCTC's CTC blank
+        hcfg.ctc_loss_reduction = "sum"  # divided by the token count below, as ours
+        hcfg.ctc_zero_infinity = True
+        hcfg.final_dropout = ours.hparams.final_dropout
+        hcfg.layerdrop = 0.0
+        hcfg.apply_spec_augment = True
+        hcfg.mask_time_prob, hcfg.mask_time_length = MASK["mask_prob"], MASK["mask_length"]
+        hcfg.mask_time_min_masks = ours.config.mask_min_masks
+        hcfg.mask_feature_prob, hcfg.mask_feature_length = MASK["mask_channel_prob"], MASK["mask_channel_length"]
+        model = transformers.Wav2Vec2ForCTC(hcfg).train()
+        model.freeze_feature_encoder()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0, fused=True)
+        ntokens = batch * L
+
+        def step() -> None:
+            out = model(audio, labels=targets)
+            (out.loss / ntokens).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int, conn) -> None:
+    import numpy as np
+    import torch
+
+    warnings.simplefilter("ignore")  # `self.log` outside a Trainer warns; nothing else is expected
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    step, params = build(impl, preset_name, batch, seconds)
+    conn.send(("ready", params))
+    while conn.recv() != "stop":
+        gc.collect()
+        before = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS high-water mark
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        conn.send((elapsed, cpu, (_rss_kib("VmHWM") - before) * 1024))
+
+
+def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup: int, threads: int,
+                malloc_mmap: bool) -> tuple[dict, dict, dict, dict]:
+    """Steps the implementations one at a time, rotating the order each round. Returns params and
+    per-step wall times, CPU times, peak RSS growths, per implementation."""
+    ctx = mp.get_context("spawn")
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if malloc_mmap:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the worker starts
+    else:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    workers = {}
+    try:
+        for impl in IMPLS:
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker, args=(impl, preset_name, batch, seconds, threads, child), daemon=True)
+            p.start()
+            workers[impl] = (p, parent)
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    params = {impl: conn.recv()[1] for impl, (_, conn) in workers.items()}
+    times, cpus, peaks = ({impl: [] for impl in IMPLS} for _ in range(3))
+    for r in range(warmup + steps):
+        order = IMPLS[r % len(IMPLS):] + IMPLS[: r % len(IMPLS)]
+        for impl in order:
+            conn = workers[impl][1]
+            conn.send("step")
+            elapsed, cpu, peak = conn.recv()
+            if r >= warmup:
+                times[impl].append(elapsed)
+                cpus[impl].append(cpu)
+                peaks[impl].append(peak)
+    for p, conn in workers.values():
+        conn.send("stop")
+        p.join(timeout=60)
+    return params, times, cpus, peaks
+
+
+def compare(preset_name: str, batch: int, seconds: float, repeats: int, warmup: int, threads: int) -> dict:
+    params, times, cpus, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
+    _, _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    mem = {k: statistics.median(v) for k, v in peaks.items()}
+    return {"params": params, "time": med, "cpu": cpu, "mem": mem}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "base"], help="model presets to compare")
+    ap.add_argument("--shapes", nargs="+", default=["4x4.0"], help="batches as <utterances>x<seconds>")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per implementation and case")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)), help="torch threads")
+    args = ap.parse_args(argv)
+    if not Path("/proc/self/clear_refs").exists():
+        print("this benchmark measures memory through /proc (Linux only)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    print(f"threads={args.threads} repeats={args.repeats} warmup={args.warmup} (medians over repeats)")
+    header = (f"{'preset':<6} {'batch':<7} {'params':>11} {'ours s':>7} {'HF s':>7} {'time':>6} {'cpu':>6} "
+              f"{'ours MiB':>8} {'HF MiB':>8} {'mem':>5} | {'+syl s':>7} {'time':>6} {'cpu':>6} {'mem':>5}")
+    print(header)
+    print("-" * len(header))
+    for name in args.presets:
+        for shape in args.shapes:
+            b, s = shape.lower().split("x")
+            res = compare(name, int(b), float(s), args.repeats, args.warmup, args.threads)
+            t, c, m = res["time"], res["cpu"], res["mem"]
+            print(f"{name:<6} {shape:<7} {res['params']['ours']:>11,} {t['ours']:>7.3f} {t['hf']:>7.3f} "
+                  f"{t['ours'] / t['hf']:>6.2f} {c['ours'] / c['hf']:>6.2f} {m['ours'] / 2**20:>8.1f} "
+                  f"{m['hf'] / 2**20:>8.1f} {m['ours'] / m['hf']:>5.2f} | {t['ours_mtl']:>7.3f} "
+                  f"{t['ours_mtl'] / t['ours']:>6.2f} {c['ours_mtl'] / c['ours']:>6.2f} "
+                  f"{m['ours_mtl'] / m['ours']:>5.2f}", flush=True)
+    print("left of |: grapheme-only (mtl_weight 0) ours / HF Wav2Vec2ForCTC; time = median wall-clock step,")
+    print("cpu = median process CPU time, mem = median peak RSS growth in a step (lower is better; goal time <= 0.8).")
+    print("right of |: ours with the syllable head (mtl_weight 0.5) and its ratios to grapheme-only ours.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
