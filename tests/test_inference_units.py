@@ -113,3 +113,16 @@ def test_tsv_round_trip_and_summary(tmp_path):
     table = format_table({"greedy-grapheme": {**summary, "timing": {
         "decode_seconds": 0.5, "decode_rtf": 0.01, "total_rtf": 0.1}}})
     assert "greedy-grapheme" in table and "11.11" in table and "(0/1)" in table
+
+
+@pytest.mark.parametrize("head", ["grapheme", "syllable"])
+def test_multidecoder_on_a_single_task_model(head):
+    """A lambda = 0 or 1 model has one head: the other's log-probs are None."""
+    grapheme, syllable = vocabularies()
+    vocab = grapheme if head == "grapheme" else syllable
+    g = torch.Generator().manual_seed(1)
+    lp, lengths = pad_batch([random_log_probs(g, t, len(vocab)) for t in (12, 9)], fill=0.0)
+    args = (lp, None) if head == "grapheme" else (None, lp)
+    with MultiDecoder([f"greedy-{head}"], grapheme, syllable, beam_width=4, nbest=2) as multi:
+        out = multi.decode(*args, lengths)
+    assert [d.text for d in out[f"greedy-{head}"]] == greedy_decode(lp, lengths, vocab)

@@ -112,15 +112,17 @@ class MultiDecoder(PoolOwner):
         self.seconds: dict[str, float] = {name: 0.0 for name in names}  # decoding time charged per decoder
 
     def decode(
-        self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor
+        self, grapheme_log_probs: Tensor | None, syllable_log_probs: Tensor | None, lengths: Tensor
     ) -> dict[str, list[Decoded]]:
         """Every decoder's results for a batch: name -> one `Decoded` per utterance.
 
         Log-probs (B, T, Vg) and (B, T, Vs) on any device; lengths (B,) valid frames. An
-        utterance with 0 frames (audio shorter than one frame) decodes to "".
+        utterance with 0 frames (audio shorter than one frame) decodes to "". A single-task model
+        (lambda 0 or 1) passes None for the head it does not have.
         """
         log_probs = {"grapheme": grapheme_log_probs, "syllable": syllable_log_probs}
-        lengths = lengths.to(grapheme_log_probs.device)
+        present = next(lp for lp in log_probs.values() if lp is not None)
+        lengths = lengths.to(present.device)
         out: dict[str, list[Decoded]] = {}
         searches: dict[str, tuple[list[list[Hypothesis]], float]] = {}
 
