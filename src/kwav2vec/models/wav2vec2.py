@@ -221,7 +221,6 @@ class Wav2Vec2Model(nn.Module):
         lengths = self._check_inputs(waveforms, lengths)
         features, frames, padding_mask, features_pen = self._features(waveforms, lengths)
         B, T, C = features.shape
-        unmasked = self.dropout_features(features)
         x = self._project(features)
 
         if mask_indices is None:
@@ -241,8 +240,9 @@ class Wav2Vec2Model(nn.Module):
             x = apply_channel_mask(x, self.cfg.mask_channel_prob, self.cfg.mask_channel_length, generator)
         x = self.encoder(x, padding_mask)  # (B, T, D)
 
-        # targets: quantize the unmasked features at the masked frames only
-        q = self.quantizer(unmasked[mask])  # x: (B*M, vq)
+        # targets: quantize the unmasked features at the masked frames only (dropout is elementwise,
+        # so dropping out only the selected frames is the same as fairseq's dropout over all of them)
+        q = self.quantizer(self.dropout_features(features[mask]))  # x: (B*M, vq)
         targets = self.project_q(q.x.to(self.project_q.weight.dtype)).view(B, M, -1)  # (B, M, F)
         codes = q.codes.view(B, M, -1)
 
