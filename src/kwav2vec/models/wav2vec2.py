@@ -138,8 +138,9 @@ class Wav2Vec2Model(nn.Module):
         var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
         return (((w - mean) * torch.rsqrt(var + NORMALIZE_EPS)) * valid).to(waveforms.dtype)
 
-    def _features(self, waveforms: torch.Tensor, lengths: torch.Tensor):
-        """-> features (B, T, C) after layer_norm, frame lengths (B,), padding mask (B, T), feature penalty."""
+    def _features(self, waveforms: torch.Tensor, lengths: torch.Tensor, penalty: bool = True):
+        """-> features (B, T, C) after layer_norm, frame lengths (B,), padding mask (B, T), feature penalty
+        (None unless `penalty`)."""
         if self.cfg.normalize:
             waveforms = self._normalize(waveforms, lengths)
         mult = self.cfg.feature_grad_mult
@@ -152,9 +153,10 @@ class Wav2Vec2Model(nn.Module):
                 features, frames = self.feature_extractor(waveforms, lengths)
         T = features.shape[1]
         padding_mask = torch.arange(T, device=features.device) >= frames[:, None]  # (B, T) True = pad
-        # fairseq's L2 penalty on the raw conv features, here over real frames only
-        sq = features.float().pow(2).mean(-1)  # (B, T)
-        features_pen = sq.masked_fill(padding_mask, 0.0).sum() / frames.sum().clamp(min=1)
+        features_pen = None
+        if penalty:  # fairseq's L2 penalty on the raw conv features, here over real frames only
+            sq = features.float().pow(2).mean(-1)  # (B, T)
+            features_pen = sq.masked_fill(padding_mask, 0.0).sum() / frames.sum().clamp(min=1)
         features = self.layer_norm(features)  # (B, T, C)
         return features, frames, padding_mask, features_pen
 
@@ -184,7 +186,7 @@ class Wav2Vec2Model(nn.Module):
             x (B, T, D) (frames at or beyond frame_lengths are padding: ignore them) and frame_lengths (B,).
         """
         lengths = self._check_inputs(waveforms, lengths)
-        features, frames, padding_mask, _ = self._features(waveforms, lengths)
+        features, frames, padding_mask, _ = self._features(waveforms, lengths, penalty=False)
         x = self._project(features)
         if self.training and mask_time_prob > 0:
             mask = compute_mask_indices(
