@@ -40,7 +40,7 @@ def test_tri_stage_matches_fairseq():
     assert f(750) == pytest.approx(math.exp(math.log(0.05) * 250 / 500))
     assert f(1000) == pytest.approx(0.05) and f(5000) == pytest.approx(0.05)
     values = [f(s) for s in range(total)]
-    assert max(values) == 1.0 and all(b <= a for a, b in zip(values[500:], values[501:]))
+    assert max(values) == 1.0 and all(b <= a for a, b in zip(values[500:], values[501:], strict=False))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
     sched = tri_stage_schedule(opt, total)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.02)
@@ -206,7 +206,7 @@ def test_init_from_backbone_file(tmp_path):
     assert read_cfg == cfg
     module = Pretrainer(model="base", init_from=str(path), model_overrides={"dropout": 0.0})
     assert module.config.encoder_layers == 1 and module.config.dropout == 0.0  # file's architecture + overrides
-    for (k, a), (_, b) in zip(src.state_dict().items(), module.model.state_dict().items()):
+    for (k, a), (_, b) in zip(src.state_dict().items(), module.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
     # a backbone without pretraining modules (e.g. from a fine-tuned model) still loads

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SAMPLE_RATE = 16000  # Hz: every preset expects 16 kHz audio
 
@@ -85,7 +85,7 @@ class Wav2Vec2Config:
             )
         if self.vq_dim % self.latent_groups:
             raise ValueError(f"codeword dim {self.vq_dim} is not divisible by latent_groups {self.latent_groups}")
-        self.conv_layers  # parse now so a bad string fails at construction
+        _ = self.conv_layers  # parse now so a bad string fails at construction
 
     # --- derived values ---
     @property

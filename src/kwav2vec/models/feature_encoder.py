@@ -137,7 +137,7 @@ class ConvFeatureEncoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, S) waveforms; lengths: (B,) samples. Returns features (B, T, C) and frame lengths (B,)."""
         channels_first = False
-        for i, (block, (_, kernel, stride)) in enumerate(zip(self.conv_layers, self.layer_specs)):
+        for i, (block, (_, kernel, stride)) in enumerate(zip(self.conv_layers, self.layer_specs, strict=True)):
             if lengths is not None:
                 lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
             conv, norm, act = block[0], block[2], block[-1]
