@@ -3,7 +3,8 @@
 - "continue pretraining English BASE on Korean audio": Pretrainer(init_from=converted.ckpt) starts from
   the imported weights (quantizer included) and trains a few steps;
 - "fine-tune from it": HierarchicalFineTuner(init_from=converted.ckpt) likewise; a K-wav2vec import's
-  stored heads load into the fine-tuner's heads (`load_head_weights`) and give the same logits;
+  stored heads (vocabularies, syllable depth, weights) become the fine-tuner's heads and give the same
+  logits, also after a checkpoint round trip; `init_heads=False` starts new heads;
 - the CLI converts each kind, exports, and names the file and the expected kind on wrong input.
 """
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kwav2vec.checkpoints import build_backbone, head_module, import_fairseq, load_converted, save_converted
+from kwav2vec.checkpoints import build_backbone, head_module, load_converted
 from kwav2vec.checkpoints.cli import main as convert_main
 from kwav2vec.checkpoints.format import load_head_weights, read_heads
 from kwav2vec.lit.pretrain import Pretrainer
@@ -99,34 +100,48 @@ def test_finetune_from_an_imported_kwav2vec_checkpoint(tmp_path):
     torch.save(fairseq_blob(multitask=True), tmp_path / "kwav2vec.pt")
     (tmp_path / "dict.ltr.txt").write_text(GRAPHEMES, encoding="utf-8")
     (tmp_path / "add_dict.ltr.txt").write_text(SYLLABLES, encoding="utf-8")
-    ck = import_fairseq(tmp_path / "kwav2vec.pt", dict_path=str(tmp_path / "dict.ltr.txt"),
-                        add_dict_path=str(tmp_path / "add_dict.ltr.txt"))
-    save_converted(ck, tmp_path / "k.ckpt")
+    assert convert_main(["--from", "fairseq", str(tmp_path / "kwav2vec.pt"), str(tmp_path / "k.ckpt"),
+                         "--dict", str(tmp_path / "dict.ltr.txt"), "--add-dict", str(tmp_path / "add_dict.ltr.txt")]) == 0
+    ck = load_converted(tmp_path / "k.ckpt")
     heads = read_heads(tmp_path / "k.ckpt")
-    for kind in ("grapheme", "syllable"):
-        heads[kind].vocab.save(tmp_path / f"vocab_{kind}.json")
+    for kind in ("grapheme", "syllable"):  # written beside it for the data module (--data.<kind>_vocab)
+        assert Vocabulary.load(tmp_path / f"k.vocab_{kind}.json") == heads[kind].vocab
+    options = dict(mask_prob=0.0, mask_channel_prob=0.0, layerdrop=0.0, activation_dropout=0.0, total_steps=2, lr=1e-4)
 
-    module = finetune.HierarchicalFineTuner(
-        init_from=str(tmp_path / "k.ckpt"), grapheme_vocabulary=str(tmp_path / "vocab_grapheme.json"),
-        syllable_vocabulary=str(tmp_path / "vocab_syllable.json"), syllable_layers=1, mask_prob=0.0,
-        mask_channel_prob=0.0, layerdrop=0.0, activation_dropout=0.0, total_steps=2, lr=1e-4,
-    )
+    # no vocabulary or depth given: the stored heads supply them (1 syllable layer, not the default 2)
+    module = finetune.HierarchicalFineTuner(init_from=str(tmp_path / "k.ckpt"), **options)
     assert torch.equal(module.backbone.state_dict()["encoder.layers.0.fc2.weight"], ck.state_dict["encoder.layers.0.fc2.weight"])
-    # the stored K-wav2vec heads go into the fine-tuner's heads
-    load_head_weights(module.grapheme_head, "grapheme", heads["grapheme"], module.grapheme_vocab, "k.ckpt")
-    load_head_weights(module.syllable_head, "syllable", heads["syllable"], module.syllable_vocab, "k.ckpt")
+    assert module.grapheme_vocab == heads["grapheme"].vocab and module.syllable_vocab == heads["syllable"].vocab
+    assert len(module.syllable_head.layers) == 1 and module.hparams.syllable_layers == 1
+    for kind in ("grapheme", "syllable"):
+        for key, value in heads[kind].state_dict.items():
+            assert torch.equal(getattr(module, f"{kind}_head").state_dict()[key], value), (kind, key)
     with pytest.raises(ValueError, match="vocabulary"):
         load_head_weights(module.grapheme_head, "grapheme", heads["grapheme"], Vocabulary.grapheme())
-    module.eval()
     audio = tones(2, 8000)
     lengths = torch.tensor([8000, 7000])
+
+    def syllable_outputs(m) -> tuple[torch.Tensor, torch.Tensor]:
+        m.eval()
+        with torch.no_grad():
+            log_probs, frames = m(audio, lengths)
+        return log_probs["syllable"], torch.arange(log_probs["syllable"].shape[1]) < frames[:, None]
+
+    ours, valid = syllable_outputs(module)
     with torch.no_grad():
-        log_probs, frames = module(audio, lengths)
         x, _ = build_backbone(ck).eval().encode(audio, lengths)
-        padding = torch.arange(x.shape[1]) >= frames[:, None]
-        ref = head_module("syllable", heads["syllable"], ck.config).eval()(x, padding).float().log_softmax(-1)
-    valid = ~padding
-    torch.testing.assert_close(log_probs["syllable"][valid], ref[valid], atol=1e-4, rtol=1e-4)
+        ref = head_module("syllable", heads["syllable"], ck.config).eval()(x, ~valid).float().log_softmax(-1)
+    torch.testing.assert_close(ours[valid], ref[valid], atol=1e-4, rtol=1e-4)
+
+    # new heads when asked; a training vocabulary other than the stored head's is refused, naming the way out
+    fresh = finetune.HierarchicalFineTuner(init_from=str(tmp_path / "k.ckpt"), init_heads=False,
+                                           grapheme_vocabulary=heads["grapheme"].vocab.to_dict(),
+                                           syllable_vocabulary=heads["syllable"].vocab.to_dict(), **options)
+    assert len(fresh.syllable_head.layers) == 2
+    assert not torch.equal(fresh.grapheme_head.proj.weight, module.grapheme_head.proj.weight)
+    other = Vocabulary.grapheme().to_dict()
+    with pytest.raises(ValueError, match="init_heads=False"):
+        finetune.HierarchicalFineTuner(init_from=str(tmp_path / "k.ckpt"), grapheme_vocabulary=other, **options)
 
     g, s = heads["grapheme"].vocab, heads["syllable"].vocab
     graphemes = torch.tensor([g.encode("안"), g.encode("가") + [0]])  # padded with the blank id
@@ -137,6 +152,12 @@ def test_finetune_from_an_imported_kwav2vec_checkpoint(tmp_path):
     module.train()
     trainer = fit(module, batch, 2)
     assert trainer.global_step == 2 and math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    # the checkpoint rebuilds the 1-layer head without the converted file
+    trainer.save_checkpoint(tmp_path / "ft.ckpt")
+    (tmp_path / "k.ckpt").unlink()
+    restored = finetune.HierarchicalFineTuner.load_from_checkpoint(tmp_path / "ft.ckpt")
+    assert len(restored.syllable_head.layers) == 1
+    torch.testing.assert_close(syllable_outputs(restored)[0], syllable_outputs(module)[0])
 
 
 # ---------------------------------------------------------------- CLI

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from kwav2vec.checkpoints.format import ConvertedCheckpoint, load_converted, save_converted
 from kwav2vec.checkpoints.statedict import KeyMismatchError
@@ -142,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             save_converted(ckpt, args.dst)
             print(summary(ckpt))
             print(f"wrote {args.dst}")
+            # fine-tuning with stored heads needs the data encoded with their vocabularies
+            for name, head in ckpt.heads.items():
+                dst = Path(args.dst)
+                vocab_path = dst.with_name(f"{dst.stem}.vocab_{name}.json")
+                head.vocab.save(vocab_path)
+                print(f"wrote {vocab_path} (the {name} head's vocabulary: --data.{name}_vocab {vocab_path})")
         else:
             from kwav2vec.checkpoints.export import export_huggingface
 

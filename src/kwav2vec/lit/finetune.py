@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from rapidfuzz.distance import Levenshtein
 
+from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights, read_heads
 from kwav2vec.decoding.greedy import greedy_decode
 from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.pretrain import load_backbone_weights, read_backbone_checkpoint
@@ -203,6 +204,9 @@ class HierarchicalFineTuner(pl.LightningModule):
             ({"config", "state_dict"}; fairseq / Hugging Face / K-wav2vec imports), a `Pretrainer`
             Lightning checkpoint, or a `HierarchicalFineTuner` checkpoint (backbone only). None =
             from scratch. Its config gives the architecture.
+        init_heads: when `init_from` is a converted file that stores heads (a K-wav2vec multi-task
+            import), start the built heads from them: a missing vocabulary argument is taken from the
+            stored head and the syllable head gets the stored number of layers. False = new heads.
         grapheme_vocabulary: grapheme vocabulary JSON path (or its `to_dict()`, as checkpoints store
             it). None = taken from the datamodule (`FinetuneDataModule.grapheme_vocab`, by default
             `vocab_grapheme.json` beside the train manifest) in `setup`; the heads are then built
@@ -244,6 +248,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         model: str = "base",
         model_overrides: dict[str, Any] | None = None,
         init_from: str | None = None,
+        init_heads: bool = True,
         grapheme_vocabulary: str | dict | None = None,
         syllable_vocabulary: str | dict | None = None,
         mtl_weight: float = 0.5,
@@ -306,6 +311,12 @@ class HierarchicalFineTuner(pl.LightningModule):
 
         self.grapheme_vocab = _as_vocabulary(grapheme_vocabulary, "grapheme")
         self.syllable_vocab = _as_vocabulary(syllable_vocabulary, "syllable")
+        # heads of a converted K-wav2vec checkpoint ({} for other files): loaded when the heads are built
+        self._stored_heads: dict[str, HeadCheckpoint] = {}
+        self._vocab_from_init: set[str] = set()  # kinds whose vocabulary came from a stored head
+        if init_from is not None and init_heads:
+            self._stored_heads = {h: s for h, s in read_heads(init_from).items() if h in self.heads_used}
+        self._adopt_stored_heads()
         self.grapheme_head: GraphemeHead | None = None
         self.syllable_head: SyllableHead | None = None
         if self._vocabularies_complete():
@@ -313,6 +324,22 @@ class HierarchicalFineTuner(pl.LightningModule):
         self._counts: dict[str, float] = defaultdict(float)
 
     # ------------------------------------------------------------------ construction
+    def _adopt_stored_heads(self) -> None:
+        """Missing vocabularies and the syllable head's depth from the stored heads. The resolved
+        depth goes into the hyper-parameters, so checkpoints rebuild the same head."""
+        for h, stored in self._stored_heads.items():
+            if getattr(self, f"{h}_vocab") is None:
+                setattr(self, f"{h}_vocab", stored.vocab)
+                self._vocab_from_init.add(h)
+        syllable = self._stored_heads.get("syllable")
+        if syllable is not None:
+            depth = int(syllable.options.get("num_layers", self.hparams.syllable_layers))
+            if depth != self.hparams.syllable_layers:
+                log.warning("%s stores a syllable head of %d layers; using it instead of syllable_layers=%d "
+                            "(init_heads=False starts a new head)", self.hparams.init_from, depth,
+                            self.hparams.syllable_layers)
+                self.hparams.syllable_layers = depth
+
     def _vocabularies_complete(self) -> bool:
         return all(getattr(self, f"{h}_vocab") is not None for h in self.heads_used)
 
@@ -327,6 +354,12 @@ class HierarchicalFineTuner(pl.LightningModule):
                 cfg.encoder_attention_heads, hp.dropout, hp.attention_dropout, hp.activation_dropout,
                 cfg.layer_norm_first, hp.final_dropout,
             )
+        for h, stored in self._stored_heads.items():
+            try:
+                load_head_weights(getattr(self, f"{h}_head"), h, stored, getattr(self, f"{h}_vocab"), hp.init_from)
+            except ValueError as e:
+                raise ValueError(f"{e} (or pass init_heads=False to start new heads)") from None
+        self._stored_heads = {}  # loaded once: a later setup() must not undo training or a restore
 
     def setup(self, stage: str) -> None:
         """Takes missing vocabularies from the datamodule and builds the heads (before the optimizer
@@ -338,9 +371,11 @@ class HierarchicalFineTuner(pl.LightningModule):
             if ours is None:
                 setattr(self, f"{kind}_vocab", theirs)
             elif theirs is not None and theirs != ours:
+                hint = (f"; it is the stored {kind} head's of init_from={self.hparams.init_from!r}: train with that "
+                        "vocabulary, or pass init_heads=False for a new head") if kind in self._vocab_from_init else ""
                 raise ValueError(
                     f"the model's {kind} vocabulary ({ours!r}) differs from the datamodule's ({theirs!r}): "
-                    "targets would be decoded with the wrong ids; use the vocabulary files the model was trained with"
+                    f"targets would be decoded with the wrong ids; use the vocabulary files the model was trained with{hint}"
                 )
         if not self._vocabularies_complete():
             missing = [h for h in self.heads_used if getattr(self, f"{h}_vocab") is None]
