@@ -17,26 +17,22 @@ implementations use torch's fused AdamW, so the optimizer is not what is compare
 steps the workers one at a time, rotating the order every round, so load drifts hit all equally.
 Printed: median wall-clock step time, ratios ours / HF (wall and process CPU time, the latter less
 disturbed by other processes on a shared machine), the syllable head's extra cost (ours_mtl / ours),
-and peak memory ratios. Memory is measured as in bench/train_step.py (peak RSS growth during a step,
-workers started with MALLOC_MMAP_THRESHOLD_ so freed tensors leave the RSS); Linux only.
+and peak memory ratios. How workers are stepped and memory is measured: bench/_harness.py (Linux only).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import multiprocessing as mp
 import os
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from train_step import SAMPLE_RATE, _rss_kib, hf_config  # noqa: E402  (shared helpers of the pretraining bench)
+from _harness import SAMPLE_RATE, compare, memory_measurable, serve  # noqa: E402
+from train_step import hf_config  # noqa: E402  (our config -> transformers' config)
 
 IMPLS = ("ours", "hf", "ours_mtl")
 MASK = {"mask_prob": 0.5, "mask_length": 10, "mask_channel_prob": 0.1, "mask_channel_length": 64}
@@ -75,7 +71,7 @@ def build(impl: str, preset_name: str, batch: int, seconds: float):
         model = ours.train()
         optimizer = model.configure_optimizers()["optimizer"]
 
-        def step() -> None:
+        def step(i: int) -> None:
             loss = model.training_step(data, 0)
             loss.backward()
             optimizer.step()
@@ -101,7 +97,7 @@ def build(impl: str, preset_name: str, batch: int, seconds: float):
         optimizer = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0, fused=True)
         ntokens = batch * L
 
-        def step() -> None:
+        def step(i: int) -> None:
             out = model(audio, labels=targets)
             (out.loss / ntokens).backward()
             optimizer.step()
@@ -118,66 +114,7 @@ def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     np.random.seed(0)
-    step, params = build(impl, preset_name, batch, seconds)
-    conn.send(("ready", params))
-    while conn.recv() != "stop":
-        gc.collect()
-        before = _rss_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS high-water mark
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        conn.send((elapsed, cpu, (_rss_kib("VmHWM") - before) * 1024))
-
-
-def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup: int, threads: int,
-                malloc_mmap: bool) -> tuple[dict, dict, dict, dict]:
-    """Steps the implementations one at a time, rotating the order each round. Returns params and
-    per-step wall times, CPU times, peak RSS growths, per implementation."""
-    ctx = mp.get_context("spawn")
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    if malloc_mmap:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the worker starts
-    else:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-    workers = {}
-    try:
-        for impl in IMPLS:
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker, args=(impl, preset_name, batch, seconds, threads, child), daemon=True)
-            p.start()
-            workers[impl] = (p, parent)
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    params = {impl: conn.recv()[1] for impl, (_, conn) in workers.items()}
-    times, cpus, peaks = ({impl: [] for impl in IMPLS} for _ in range(3))
-    for r in range(warmup + steps):
-        order = IMPLS[r % len(IMPLS):] + IMPLS[: r % len(IMPLS)]
-        for impl in order:
-            conn = workers[impl][1]
-            conn.send("step")
-            elapsed, cpu, peak = conn.recv()
-            if r >= warmup:
-                times[impl].append(elapsed)
-                cpus[impl].append(cpu)
-                peaks[impl].append(peak)
-    for p, conn in workers.values():
-        conn.send("stop")
-        p.join(timeout=60)
-    return params, times, cpus, peaks
-
-
-def compare(preset_name: str, batch: int, seconds: float, repeats: int, warmup: int, threads: int) -> dict:
-    params, times, cpus, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
-    _, _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = {k: statistics.median(v) for k, v in cpus.items()}
-    mem = {k: statistics.median(v) for k, v in peaks.items()}
-    return {"params": params, "time": med, "cpu": cpu, "mem": mem}
+    serve(*build(impl, preset_name, batch, seconds), conn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)), help="torch threads")
     args = ap.parse_args(argv)
-    if not Path("/proc/self/clear_refs").exists():
+    if not memory_measurable():
         print("this benchmark measures memory through /proc (Linux only)", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -201,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.presets:
         for shape in args.shapes:
             b, s = shape.lower().split("x")
-            res = compare(name, int(b), float(s), args.repeats, args.warmup, args.threads)
+            res = compare(worker, IMPLS, (name, int(b), float(s), args.threads), args.repeats, args.warmup)
             t, c, m = res["time"], res["cpu"], res["mem"]
             print(f"{name:<6} {shape:<7} {res['params']['ours']:>11,} {t['ours']:>7.3f} {t['hf']:>7.3f} "
                   f"{t['ours'] / t['hf']:>6.2f} {c['ours'] / c['hf']:>6.2f} {m['ours'] / 2**20:>8.1f} "

@@ -8,35 +8,24 @@ step, zero_grad. For Hugging Face the step includes its own numpy `_compute_mask
 `_sample_negative_indices` (as its pretraining example does every step) and its loss divided by the
 number of masked frames. Both use the same architecture (config translated field by field), the same
 batch, training mode (dropouts on), and the same optimizer (torch AdamW, fused kernel) so the optimizer
-is not what is compared. Each implementation lives in its own worker process with the same thread
-count; the parent alternates single steps between them (interleaved, order flipped every round) so
-machine load drifts hit both equally. Printed: median step time and the ratio ours / HF, and the
-ratio of median process CPU times (less sensitive to other processes on a shared machine).
-
-Memory method (separate workers, after one warmup step): peak resident set size (RSS) *growth during a
-step*. Before the step the worker
-collects garbage, reads VmRSS, and resets the kernel's high-water mark (`echo 5 > /proc/self/clear_refs`);
-after the step it reads VmHWM. Peak = VmHWM - VmRSS-before, i.e. activations, gradients and temporaries
-on top of the resident weights and optimizer state (the same for both: equal parameter counts). These
-workers run with MALLOC_MMAP_THRESHOLD_=65536 so every tensor over 64 KiB is its own mmap, returned to
-the OS when freed; RSS then follows live tensor memory instead of glibc's cached heap. That setting
-slows allocation, so the timed steps run in other workers with the normal allocator. Linux only.
+is not what is compared. Printed: median step time and the ratio ours / HF, the ratio of median
+process CPU times (less sensitive to other processes on a shared machine), and the ratio of peak
+memory growth in a step. How workers are stepped and memory is measured: bench/_harness.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import multiprocessing as mp
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-SAMPLE_RATE = 16000
+from _harness import SAMPLE_RATE, compare, memory_measurable, serve  # noqa: E402
+
+IMPLS = ("ours", "hf")
 
 
 def hf_config(cfg):
@@ -60,14 +49,6 @@ def hf_config(cfg):
         contrastive_logits_temperature=cfg.logit_temp, diversity_loss_weight=0.1,
         mask_time_prob=cfg.mask_prob, mask_time_length=cfg.mask_length, mask_time_min_masks=cfg.mask_min_masks,
     )
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int, conn) -> None:
@@ -120,75 +101,7 @@ def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int
             opt.zero_grad(set_to_none=True)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, fused=True)
-    params = sum(p.numel() for p in model.parameters())
-    conn.send(("ready", params))
-    i = 0
-    while True:
-        msg = conn.recv()
-        if msg == "stop":
-            break
-        gc.collect()
-        before = _rss_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS high-water mark
-        t0, c0 = time.perf_counter(), time.process_time()
-        step(i)
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        peak = _rss_kib("VmHWM") - before
-        conn.send((elapsed, cpu, peak * 1024))
-        i += 1
-
-
-def run_workers(preset_name: str, batch: int, seconds: float, steps: int, warmup: int, threads: int,
-                malloc_mmap: bool) -> tuple[dict, dict, dict, dict]:
-    """Steps both implementations alternately in two worker processes; returns params and per-step
-    wall times, process CPU times and peak RSS growths."""
-    ctx = mp.get_context("spawn")
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    if malloc_mmap:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc when the worker starts
-    else:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-    workers = {}
-    try:
-        for impl in ("ours", "hf"):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=worker, args=(impl, preset_name, batch, seconds, threads, child), daemon=True)
-            p.start()
-            workers[impl] = (p, parent)
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    params = {impl: conn.recv()[1] for impl, (_, conn) in workers.items()}
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
-    cpus: dict[str, list[float]] = {"ours": [], "hf": []}
-    peaks: dict[str, list[int]] = {"ours": [], "hf": []}
-    for r in range(warmup + steps):
-        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
-        for impl in order:  # one step at a time: the other worker idles meanwhile
-            conn = workers[impl][1]
-            conn.send("step")
-            elapsed, cpu, peak = conn.recv()
-            if r >= warmup:
-                times[impl].append(elapsed)
-                cpus[impl].append(cpu)
-                peaks[impl].append(peak)
-    for p, conn in workers.values():
-        conn.send("stop")
-        p.join(timeout=30)
-    return params, times, cpus, peaks
-
-
-def compare(preset_name: str, batch: int, seconds: float, repeats: int, warmup: int, threads: int) -> dict:
-    # timing with the normal allocator; memory in separate workers with every tensor mmapped (see docstring)
-    params, times, cpus, _ = run_workers(preset_name, batch, seconds, repeats, warmup, threads, malloc_mmap=False)
-    _, _, _, peaks = run_workers(preset_name, batch, seconds, 1, 1, threads, malloc_mmap=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = {k: statistics.median(v) for k, v in cpus.items()}
-    mem = {k: statistics.median(v) for k, v in peaks.items()}
-    return {"params": params, "time": med, "cpu": cpu, "mem": mem}
+    serve(step, sum(p.numel() for p in model.parameters()), conn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per implementation first")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)), help="torch threads")
     args = ap.parse_args(argv)
-    if not Path("/proc/self/clear_refs").exists():
+    if not memory_measurable():
         print("this benchmark measures memory through /proc (Linux only)", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -212,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.presets:
         for shape in args.shapes:
             b, s = shape.lower().split("x")
-            res = compare(name, int(b), float(s), args.repeats, args.warmup, args.threads)
+            res = compare(worker, IMPLS, (name, int(b), float(s), args.threads), args.repeats, args.warmup)
             t, c, m = res["time"], res["cpu"], res["mem"]
             print(f"{name:<6} {shape:<8} {res['params']['ours']:>11,} {t['ours']:>8.3f} {t['hf']:>8.3f} "
                   f"{t['ours'] / t['hf']:>10.2f} {c['ours'] / c['hf']:>9.2f} "
