@@ -75,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     print("== 1/3 pretraining the tiny preset on the demo's unlabeled audio")
-    pretrain = ["pretrain", "fit", "--config", "conf/pretrain/demo.yaml", "--config", "conf/data/demo_pretrain.yaml",
-                "--config", "conf/trainer/cpu.yaml", *logger_flags("pretrain")]
+    # the recipe file comes last: its settings (e.g. the batch size) win over the data and trainer files'
+    pretrain = ["pretrain", "fit", "--config", "conf/data/demo_pretrain.yaml", "--config", "conf/trainer/cpu.yaml",
+                "--config", "conf/pretrain/demo.yaml", *logger_flags("pretrain")]
     if args.pretrain_steps:
         pretrain += [f"--trainer.max_steps={args.pretrain_steps}", f"--model.total_steps={args.pretrain_steps}"]
     run(pretrain, out / "pretrain.log")
     pretrained = out / "pretrain" / "checkpoints" / "last.ckpt"
 
     print("\n== 2/3 fine-tuning the multi-task model (jamo CTC + syllable CTC) from it")
-    finetune = ["finetune", "fit", "--config", "conf/finetune/demo.yaml", "--config", "conf/data/demo.yaml",
-                "--config", "conf/trainer/cpu.yaml", f"--model.init_from={pretrained}", *logger_flags("finetune")]
+    finetune = ["finetune", "fit", "--config", "conf/data/demo.yaml", "--config", "conf/trainer/cpu.yaml",
+                "--config", "conf/finetune/demo.yaml", f"--model.init_from={pretrained}", *logger_flags("finetune")]
     if args.finetune_steps:
         finetune += [f"--trainer.max_steps={args.finetune_steps}", f"--model.total_steps={args.finetune_steps}"]
     run(finetune, out / "finetune.log")

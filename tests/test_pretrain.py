@@ -188,6 +188,17 @@ def test_too_short_utterance_error_names_ids():
         module.training_step(batch, 0)
 
 
+def test_codebook_collapse_is_reported_once(caplog):
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10)  # G = 2
+    with caplog.at_level("WARNING", logger="kwav2vec.lit.pretrain"):
+        module._check_collapse(torch.tensor(40.0))  # healthy
+        module._check_collapse(torch.tensor(2.01))  # collapsed once: may recover
+        assert not caplog.records
+        for _ in range(3):
+            module._check_collapse(torch.tensor(2.01))
+    assert len(caplog.records) == 1 and "codebook collapse" in caplog.text and "diversity_weight" in caplog.text
+
+
 def test_total_steps_required():
     module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1})
     with pytest.raises(ValueError, match="max_steps"):

@@ -8,6 +8,7 @@ run in float32 whatever the precision.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -19,6 +20,13 @@ from kwav2vec.lit.schedules import polynomial_decay_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.losses import pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
+
+log = logging.getLogger(__name__)
+
+# Codebook collapse: every frame picks the same codeword, the distractors then equal their positive
+# and are masked out, and the contrastive task becomes trivial (accuracy 1, loss near 0). Checked
+# every this many updates (each check reads a value back from the device).
+COLLAPSE_CHECK_EVERY = 50
 
 # Modules that only pretraining uses: a fine-tuned checkpoint may lack them, and then they keep
 # their fresh initialisation when it is used to initialise pretraining.
@@ -121,6 +129,7 @@ class Pretrainer(pl.LightningModule):
         self.model = Wav2Vec2Model(cfg)
         if init_from is not None:
             load_backbone_weights(self.model, init_from)
+        self._collapsed_checks = 0  # consecutive collapse checks that found the codebook collapsed
 
     # ------------------------------------------------------------------ steps
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +161,23 @@ class Pretrainer(pl.LightningModule):
         out = self._forward(batch)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
         self._log_terms("train", terms, batch["audio"].shape[0], temperature=out.temperature)
+        self._check_collapse(terms["code_perplexity"])
         return self._global_normalised(terms["loss"], out.mask.sum().float())
+
+    def _check_collapse(self, code_perplexity: torch.Tensor) -> None:
+        """Warns once when the batch code perplexity stays near its floor, the number of groups G (one
+        codeword per group), at two checks in a row: a collapsed run learns nothing useful."""
+        if self.global_step % COLLAPSE_CHECK_EVERY:
+            return
+        groups = self.config.latent_groups
+        collapsed = float(code_perplexity) < 1.5 * groups
+        self._collapsed_checks = self._collapsed_checks + 1 if collapsed else 0
+        if self._collapsed_checks == 2:
+            log.warning(
+                "codebook collapse at update %d: code perplexity %.2f is near its floor of %d (one codeword per "
+                "group), so contrastive accuracy is trivially high; lower the learning rate, lengthen the warmup "
+                "or raise diversity_weight", self.global_step, float(code_perplexity), groups,
+            )
 
     @staticmethod
     def _global_normalised(loss: torch.Tensor, masked_frames: torch.Tensor) -> torch.Tensor:
