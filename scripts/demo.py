@@ -43,12 +43,12 @@ def run(args: list[str], log: Path) -> None:
     print(f"  done in {elapsed / 60:.1f} min (log: {_shown(log)})", flush=True)
 
 
-def loss_curve(metrics_csv: Path, key: str = "train/loss_step") -> list[tuple[int, float]]:
+def loss_curve(metrics_csv: Path, key: str = "train/loss") -> list[tuple[int, float]]:
     """(step, value) pairs of one metric from a CSVLogger metrics file."""
     points = []
     with metrics_csv.open() as f:
         for row in csv.DictReader(f):
-            value = row.get(key) or row.get("train/loss")
+            value = row.get(key)
             if value:
                 points.append((int(row["step"]), float(value)))
     return points
@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         pretrain += [f"--trainer.max_steps={args.pretrain_steps}", f"--model.total_steps={args.pretrain_steps}"]
     run(pretrain, out / "pretrain.log")
     pretrained = out / "pretrain" / "checkpoints" / "last.ckpt"
+    pretrain_csv = out / "pretrain" / "version_0" / "metrics.csv"
+    for key, what in (("train/loss", "loss"), ("train/accuracy", "contrastive accuracy"),
+                      ("train/code_perplexity", "code perplexity")):
+        curve = loss_curve(pretrain_csv, key)
+        if curve:
+            (s0, v0), (s1, v1) = curve[0], curve[-1]
+            print(f"  pretraining {what}: {v0:.3f} at step {s0} -> {v1:.3f} at step {s1}")
 
     print("\n== 2/3 fine-tuning the multi-task model (jamo CTC + syllable CTC) from it")
     finetune = ["finetune", "fit", "--config", "conf/data/demo.yaml", "--config", "conf/trainer/cpu.yaml",
