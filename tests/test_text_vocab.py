@@ -1,9 +1,12 @@
 """Vocabularies: fixed special ids, encode/decode, JSON round trip, OOV, pyctcdecode labels."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pyctcdecode import build_ctcdecoder
 
 from kwav2vec.text.hangul import MODERN_JAMO, decompose
@@ -62,6 +65,17 @@ def test_syllable_encode_decode_and_unknown():
     assert ids[3] == vocab.unk_id
     assert vocab.decode(ids) == "안녕"  # <unk> is dropped
     assert vocab.tokenize(" 안녕  하세요 ") == ["안", "녕", "|", "하", "세", "요"]
+
+
+@given(st.text(alphabet=st.sampled_from("안녕하세요뷁 \tabcㄱ각\u1100\u1161|<"), max_size=30))
+def test_encode_key_is_encode_as_characters(text):
+    for vocab in (Vocabulary.grapheme(), Vocabulary.syllables_from_texts(TEXTS)):
+        assert [ord(c) for c in vocab.encode_key(text)] == vocab.encode(text)
+
+
+def test_encode_key_survives_pickling():  # vocabularies travel to decoding worker processes
+    vocab = pickle.loads(pickle.dumps(Vocabulary.syllables_from_texts(TEXTS)))
+    assert [ord(c) for c in vocab.encode_key("안녕 뷁")] == vocab.encode("안녕 뷁")
 
 
 def test_oov_rate():

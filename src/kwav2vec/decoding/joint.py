@@ -144,13 +144,13 @@ def rescore_nbest(
             (
                 syllable_log_probs,
                 lengths,
-                [[syllable_vocab.encode(t) for t in ts] for ts in texts],
+                [[syllable_vocab.encode_key(t) for t in ts] for ts in texts],
                 syllable_vocab.blank_id,
             ),
             (
                 grapheme_log_probs,
                 lengths,
-                [[grapheme_vocab.encode(t) for t in ts] for ts in texts],
+                [[grapheme_vocab.encode_key(t) for t in ts] for ts in texts],
                 grapheme_vocab.blank_id,
             ),
         ]

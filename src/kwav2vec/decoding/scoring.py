@@ -57,6 +57,13 @@ def check_emissions(
         raise ValueError(f"{name} has V={V} columns but its vocabulary has {vocab_size} tokens")
 
 
+def _as_key(labels: Sequence[int]) -> str | None:
+    """Label ids as one string (id i as chr(i)); None when an id is negative."""
+    if labels and min(labels) < 0:
+        return None
+    return "".join(map(chr, labels))
+
+
 def _common_prefix(a: str, b: str) -> int:
     """Length of the longest common prefix (binary search on C-level slice comparisons)."""
     lo, hi = 0, min(len(a), len(b))
@@ -86,20 +93,21 @@ class _Trie:
         self.end: list[int] = []  # last node of each candidate, in input order
 
     def add(
-        self, head: int, nested: Sequence[Sequence[Sequence[int]]], vocab_size: int, blank_id: int
+        self, head: int, nested: Sequence[Sequence[Sequence[int] | str]], vocab_size: int, blank_id: int
     ) -> int:
-        """Insert one head's candidates; returns how many candidates were added."""
+        """Insert one head's candidates (id lists, or keys: id i as chr(i), see
+        `Vocabulary.encode_key`); returns how many candidates were added."""
         added = 0
+        blank, limit = chr(blank_id), chr(vocab_size)
         for b, candidates in enumerate(nested):
-            for candidate in candidates:
-                if candidate and (
-                    min(candidate) < 0 or max(candidate) >= vocab_size or blank_id in candidate
-                ):
+            keys = [c if isinstance(c, str) else _as_key(c) for c in candidates]
+            for key, candidate in zip(keys, candidates, strict=True):
+                if key is None or (key and (max(key) >= limit or blank in key)):
+                    labels = [ord(c) for c in candidate] if isinstance(candidate, str) else list(candidate)
                     raise ValueError(
-                        f"candidate {list(candidate)} of utterance {b}: labels must be ids in "
+                        f"candidate {labels} of utterance {b}: labels must be ids in "
                         f"[0, {vocab_size}) other than the blank id {blank_id}"
                     )
-            keys = ["".join(map(chr, candidate)) for candidate in candidates]
             root = len(self.parent)
             self.parent.append(root)
             self.label.append(-1)
@@ -125,12 +133,12 @@ class _Trie:
 
 
 def ctc_log_likelihood_heads(
-    heads: Sequence[tuple[Tensor, Tensor, Sequence[Sequence[Sequence[int]]], int]],
+    heads: Sequence[tuple[Tensor, Tensor, Sequence[Sequence[Sequence[int] | str]], int]],
 ) -> list[Tensor]:
     """log p(y | x) under CTC for the candidates of several heads in one computation.
 
     `heads`: tuples (log_probs (B, T, V), lengths (B,), candidates, blank id), where candidates
-    holds one list of label-id sequences per utterance. Heads may differ in B, T and V but must
+    holds one list of label-id sequences per utterance (or of their keys, `Vocabulary.encode_key`). Heads may differ in B, T and V but must
     share a device. Returns one (N_h,) tensor per head (N_h = its number of candidates,
     utterance-major order), float32 (float64 for float64 input). Candidates CTC cannot emit in the
     available frames (too many labels, or repeats needing blanks, for T) get -inf.

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 from kwav2vec.lit.rng_state import RNGStateCallback
-import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from kwav2vec.text.hangul import MODERN_JAMO, WORD_BOUNDARY, compose, jamo_tokens
+from kwav2vec.text.hangul import MODERN_JAMO, WORD_BOUNDARY, compose, decompose, jamo_tokens
 
 BLANK = "<blank>"
 UNK = "<unk>"
@@ -22,6 +22,17 @@ CTC_UNK_LABEL = "⁇"  # what pyctcdecode users (and K-wav2vec) print for an unk
 FORMAT_VERSION = 1
 
 Kind = Literal["grapheme", "syllable"]
+
+
+class _KeyTable(dict):
+    """A `str.translate` table that maps characters outside the vocabulary to `<unk>`."""
+
+    def __init__(self, table: dict[int, str], unk: str) -> None:
+        super().__init__(table)
+        self.unk = unk
+
+    def __missing__(self, codepoint: int) -> str:
+        return self.unk
 
 
 class Vocabulary:
@@ -41,6 +52,8 @@ class Vocabulary:
         self._kind: Kind = kind
         self._tokens = tokens
         self._ids = {t: i for i, t in enumerate(tokens)}
+        # token character -> id character, for encode_key (every token but the specials is one character)
+        self._key_table = _KeyTable({ord(t): chr(i) for t, i in self._ids.items() if len(t) == 1}, chr(self.unk_id))
         self.counts: dict[str, int] = dict(counts or {})  # training counts (syllable vocabularies)
 
     # --- construction -------------------------------------------------------------------------
@@ -136,6 +149,14 @@ class Vocabulary:
         """Ids of `tokenize(text)`; tokens outside the vocabulary map to `unk_id`."""
         unk = self.unk_id
         return [self._ids.get(t, unk) for t in self.tokenize(text)]
+
+    def encode_key(self, text: str) -> str:
+        """`encode(text)` as one string, id i as the character chr(i): the same ids several times
+        faster (one `str.translate`), for code that hashes, sorts or compares id sequences."""
+        words = text.split()
+        if self._kind == "grapheme":
+            return WORD_BOUNDARY.join(map(decompose, words)).translate(self._key_table)
+        return WORD_BOUNDARY.join(words).translate(self._key_table)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of a token-id sequence (no CTC collapsing: pass already collapsed ids).
