@@ -138,8 +138,8 @@ def ctc_log_likelihood_heads(
     """log p(y | x) under CTC for the candidates of several heads in one computation.
 
     `heads`: tuples (log_probs (B, T, V), lengths (B,), candidates, blank id), where candidates
-    holds one list of label-id sequences per utterance (or of their keys, `Vocabulary.encode_key`). Heads may differ in B, T and V but must
-    share a device. Returns one (N_h,) tensor per head (N_h = its number of candidates,
+    holds one list of label-id sequences per utterance (or of their keys, `Vocabulary.encode_key`).
+    Heads may differ in B, T and V but must share a device. Returns one (N_h,) tensor per head (N_h = its number of candidates,
     utterance-major order), float32 (float64 for float64 input). Candidates CTC cannot emit in the
     available frames (too many labels, or repeats needing blanks, for T) get -inf.
     """
