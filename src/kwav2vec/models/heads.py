@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kwav2vec.models.dropout import Dropout
 from kwav2vec.models.transformer import TransformerEncoderLayer, attention_mask, init_bert_params
 
 
@@ -46,7 +47,7 @@ class GraphemeHead(nn.Module):
         if vocab_size < 2:
             raise ValueError(f"a CTC head needs at least 2 outputs (blank + 1 symbol), got vocab_size={vocab_size}")
         self.embed_dim = embed_dim
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.proj = _output_projection(embed_dim, vocab_size)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,7 +98,7 @@ class SyllableHead(nn.Module):
         )
         self.layers.apply(init_bert_params)  # as the backbone's encoder layers
         self.layer_norm = nn.LayerNorm(embed_dim) if layer_norm_first and num_layers > 0 else None
-        self.dropout = nn.Dropout(final_dropout)
+        self.dropout = Dropout(final_dropout)
         self.proj = _output_projection(embed_dim, vocab_size)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:

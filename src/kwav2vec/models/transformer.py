@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from kwav2vec.models.dropout import Dropout, dropout
+from kwav2vec.models.fft_conv import FFTConv1d
+
 
 def init_bert_params(module: nn.Module) -> None:
     """fairseq's `init_bert_params`: N(0, 0.02) linear weights, zero biases (applied to the encoder)."""
@@ -45,7 +48,14 @@ class MultiheadSelfAttention(nn.Module):
         q, k, v = (proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))  # each (B, H, T, hd)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, H, T, hd)
+        if p > 0.0 and x.device.type == "cpu":
+            # SDPA's CPU path draws its dropout mask one element at a time; the same math with our mask
+            scores = torch.matmul(q * self.head_dim**-0.5, k.transpose(-2, -1))  # (B, H, T, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            y = torch.matmul(dropout(scores.softmax(dim=-1), p), v)  # (B, H, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.out_proj(y)
 
@@ -76,9 +86,9 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         self.layer_norm_first = layer_norm_first
         self.self_attn = MultiheadSelfAttention(embed_dim, num_heads, attention_dropout)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(activation_dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(activation_dropout)
+        self.dropout3 = Dropout(dropout)
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
         self.fc1 = nn.Linear(embed_dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, embed_dim)
@@ -123,7 +133,7 @@ class SamePad(nn.Module):
 
 def make_conv_pos(embed_dim: int, kernel: int, groups: int) -> nn.Sequential:
     """fairseq `make_conv_pos`: weight-normalised grouped conv (norm over dim 2), SamePad, GELU."""
-    conv = nn.Conv1d(embed_dim, embed_dim, kernel_size=kernel, padding=kernel // 2, groups=groups)
+    conv = FFTConv1d(embed_dim, embed_dim, kernel_size=kernel, padding=kernel // 2, groups=groups)
     nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel * embed_dim)))
     nn.init.zeros_(conv.bias)
     conv = weight_norm(conv, name="weight", dim=2)
@@ -172,7 +182,7 @@ class TransformerEncoder(nn.Module):
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = dropout(x, self.dropout, self.training)
         attn_mask = attention_mask(padding_mask)
         # LayerDrop: one draw per layer, made up front to avoid a host sync per layer
         keep = torch.rand(len(self.layers)) >= self.layerdrop if self.training and self.layerdrop > 0 else None

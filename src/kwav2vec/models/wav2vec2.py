@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kwav2vec.models.config import Wav2Vec2Config
+from kwav2vec.models.dropout import Dropout
 from kwav2vec.models.feature_encoder import ConvFeatureEncoder
 from kwav2vec.models.losses import contrastive_logits
 from kwav2vec.models.masking import apply_channel_mask, compute_mask_indices, sample_negatives
@@ -71,8 +72,8 @@ class Wav2Vec2Model(nn.Module):
         self.feature_extractor = ConvFeatureEncoder(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(embed)
         self.post_extract_proj = nn.Linear(embed, D) if embed != D else None
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.dropout_input = Dropout(cfg.dropout_input)
+        self.dropout_features = Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(D).uniform_())
         self.quantizer = GumbelVectorQuantizer(embed, cfg.latent_vars, cfg.latent_groups, cfg.vq_dim, cfg.latent_temp)
         self.project_q = nn.Linear(cfg.vq_dim, cfg.final_dim_)
