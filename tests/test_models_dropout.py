@@ -55,8 +55,11 @@ def test_edges_and_module():
     assert (m.train()(torch.ones(1000)) == 0).any()
 
 
-def test_attention_with_dropout_is_sdpa_when_nothing_is_dropped(monkeypatch):
-    """The explicit CPU path (taken only for attention dropout) is SDPA's math, padding mask included."""
+@pytest.mark.parametrize("block_elements", [2**22, 2 * 4 * 9 * 2])  # one block; blocks of 2 query rows
+def test_attention_with_dropout_is_sdpa_when_nothing_is_dropped(monkeypatch, block_elements):
+    """The explicit CPU path (taken only for attention dropout) is SDPA's math, padding mask included,
+    whether its query rows are done in one block or several."""
+    monkeypatch.setattr("kwav2vec.models.transformer.ATTENTION_BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(0)
     attn = MultiheadSelfAttention(32, 4, dropout=0.1).train()
     x = torch.randn(2, 9, 32)
