@@ -31,7 +31,7 @@ def test_matches_conv1d_forward_and_backward(channels, kernel, groups, lengths):
         assert ours.shape == ref.shape
         assert torch.allclose(ours, ref, atol=1e-10), T
         g = torch.randn_like(ref)
-        for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g)):
+        for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g), strict=True):
             assert torch.allclose(a, b, atol=1e-9), T
 
 

@@ -124,9 +124,9 @@ def _weight_spectrum(weight: torch.Tensor, groups: int, N: int) -> torch.Tensor:
 
 def _weight_from_conj_spectrum(spectrum_conj: torch.Tensor, N: int, K: int) -> torch.Tensor:
     """(G, F, O, C_group) conjugated spectrum -> (C_out, C_group, K) kernel-shaped signal."""
-    G, n_freq, O, C_group = spectrum_conj.shape
+    G, n_freq, per_group, C_group = spectrum_conj.shape
     spectrum = spectrum_conj.permute(0, 2, 3, 1).contiguous().conj_physical_()  # (G, O, C_group, F)
-    return torch.fft.irfft(spectrum, n=N)[..., :K].reshape(G * O, C_group, K)
+    return torch.fft.irfft(spectrum, n=N)[..., :K].reshape(G * per_group, C_group, K)
 
 
 class FFTConv1d(nn.Conv1d):
