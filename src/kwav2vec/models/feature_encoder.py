@@ -10,7 +10,7 @@ statistics over *time*) only looks at each utterance's own frames. fairseq and H
 zero padding of a batch in those statistics, so a padded utterance gets different features than the
 same utterance alone; for unpadded input the two are identical.
 
-Speed: the convolutions run as im2col (`unfold`) + one matrix multiply on time-major (B, T, C)
+Speed: the convolutions run as im2col (slices of x) + one matrix multiply on time-major (B, T, C)
 activations rather than `conv1d` on (B, C, T). On CPU that is about a quarter faster than oneDNN's
 convolution (forward + backward), and the layer norms then act on contiguous channels with no
 transposes. Same weights (`conv.weight` reshaped), same results up to float rounding. The output is
