@@ -4,15 +4,18 @@ the syllable head.
     .venv/bin/python bench/finetune_step.py                     # tiny + base, 4 x 4 s
     .venv/bin/python bench/finetune_step.py --presets tiny --repeats 10
 
-Three workers, one process each, same thread count:
+Four workers, one process each, same thread count:
 - `ours`: `HierarchicalFineTuner.training_step` with mtl_weight 0 (grapheme head only, the
   configuration Wav2Vec2ForCTC has), then backward, AdamW step, zero_grad;
 - `hf`: `Wav2Vec2ForCTC` with the same architecture (config translated by bench/train_step.py's
   `hf_config`), the same fine-tuning dropouts, masking (time 0.5 x 10 frames, channels 0.1 x 64),
   frozen feature encoder, zero_infinity CTC over the same jamo vocabulary and targets;
 - `ours_mtl`: ours with mtl_weight 0.5, i.e. plus the syllable head (2 transformer layers + linear
-  over a 2,000-syllable vocabulary, KsponSpeech-sized).
-LayerDrop is off in all three (a random number of layers per step would only add noise). Both
+  over a 2,000-syllable vocabulary, KsponSpeech-sized);
+- `matmuls`: only the matrix products the grapheme-only step must do (`matmul_floor`), a lower
+  bound on any implementation's step: on a CPU where these run at the BLAS's peak, it bounds the
+  time ratio that is reachable at all.
+LayerDrop is off in all (a random number of layers per step would only add noise). Both
 implementations use torch's fused AdamW, so the optimizer is not what is compared. The parent
 steps the workers one at a time, rotating the order every round, so load drifts hit all equally.
 Printed: median wall-clock step time, ratios ours / HF (wall and process CPU time, the latter less
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _harness import SAMPLE_RATE, compare, memory_measurable, serve  # noqa: E402
 from train_step import hf_config  # noqa: E402  (our config -> transformers' config)
 
-IMPLS = ("ours", "hf", "ours_mtl")
+IMPLS = ("ours", "hf", "ours_mtl", "matmuls")
 MASK = {"mask_prob": 0.5, "mask_length": 10, "mask_channel_prob": 0.1, "mask_channel_length": 64}
 JAMO_PER_FRAME = 0.3  # about 15 jamo a second of read Korean speech: realistic target lengths
 SYLLABLES = 2000
@@ -67,6 +70,8 @@ def build(impl: str, preset_name: str, batch: int, seconds: float):
         "syllables": syllable_targets, "syllable_lengths": torch.full((batch,), L // 3),
     }
 
+    if impl == "matmuls":
+        return matmul_floor(ours, batch, S, T, len(graphemes)), sum(p.numel() for p in ours.parameters())
     if impl in ("ours", "ours_mtl"):
         model = ours.train()
         optimizer = model.configure_optimizers()["optimizer"]
@@ -106,6 +111,63 @@ def build(impl: str, preset_name: str, batch: int, seconds: float):
     return step, sum(p.numel() for p in model.parameters())
 
 
+def matmul_floor(model, batch: int, samples: int, frames: int, vocab_size: int):
+    """-> a step that runs only the matrix products every implementation of this fine-tuning step
+    performs, at their shapes and operand layouts (what autograd's linear forward and backward call):
+    the frozen feature encoder's convolutions as im2col products (forward only), the feature
+    projection and every transformer layer's six projections (forward, input gradient, weight
+    gradient), attention's batched products (2 forward, 4 backward) and the CTC head. Outputs are
+    preallocated, so allocation and page faults are not counted. The positional convolution, norms,
+    activations, dropout, softmax and the optimizer are left out: the time is a lower bound."""
+    import torch
+
+    cfg = model.config
+    B, D, H = batch, cfg.encoder_embed_dim, cfg.encoder_attention_heads
+    rows = B * frames
+    products = []  # (a, b, out): out = a @ b
+
+    def product(m: int, k: int, n: int, b_transposed: bool = False) -> None:
+        b = torch.randn(n, k).t() if b_transposed else torch.randn(k, n)  # linear's weight is (n, k)
+        products.append((torch.randn(m, k), b, torch.empty(m, n)))
+
+    def linear(n_in: int, n_out: int, input_grad: bool = True) -> None:
+        product(rows, n_in, n_out, b_transposed=True)  # forward: x W^T
+        if input_grad:
+            product(rows, n_out, n_in)  # grad_x = grad_y W
+        products.append((torch.randn(n_out, rows), torch.randn(rows, n_in), torch.empty(n_out, n_in)))  # grad_W
+
+    t, n_in = samples, 1
+    for n_out, kernel, stride in model.backbone.feature_extractor.layer_specs:
+        t = (t - kernel) // stride + 1
+        product(B * t, n_in * kernel, n_out, b_transposed=True)
+        n_in = n_out
+    if t != frames:
+        raise RuntimeError(f"feature encoder gives {t} frames, the model {frames}")
+    linear(n_in, D)  # feature projection (its input gradient feeds the trainable layer norm before it)
+    for _ in range(cfg.encoder_layers):
+        for _ in range(4):  # q, k, v, out
+            linear(D, D)
+        linear(D, cfg.encoder_ffn_embed_dim)
+        linear(cfg.encoder_ffn_embed_dim, D)
+    linear(D, vocab_size)
+    hd = D // H
+    q, k, v = (torch.randn(B * H, frames, hd) for _ in range(3))
+    scores, out = torch.empty(B * H, frames, frames), torch.empty(B * H, frames, hd)
+    grad_q = torch.empty(B * H, frames, hd)
+    attention = [(q, k.transpose(1, 2), scores), (scores, v, out),  # forward
+                 (scores.transpose(1, 2), out, grad_q), (out, v.transpose(1, 2), scores),  # grad_v, grad_p
+                 (scores, k, grad_q), (scores.transpose(1, 2), q, grad_q)]  # grad_q, grad_k
+
+    def step(i: int) -> None:
+        for a, b, c in products:
+            torch.mm(a, b, out=c)
+        for _ in range(cfg.encoder_layers):
+            for a, b, c in attention:
+                torch.bmm(a, b, out=c)
+
+    return step
+
+
 def worker(impl: str, preset_name: str, batch: int, seconds: float, threads: int, conn) -> None:
     import numpy as np
     import torch
@@ -132,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"threads={args.threads} repeats={args.repeats} warmup={args.warmup} (medians over repeats)")
     header = (f"{'preset':<6} {'batch':<7} {'params':>11} {'ours s':>7} {'HF s':>7} {'time':>6} {'cpu':>6} "
-              f"{'ours MiB':>8} {'HF MiB':>8} {'mem':>5} | {'+syl s':>7} {'time':>6} {'cpu':>6} {'mem':>5}")
+              f"{'ours MiB':>8} {'HF MiB':>8} {'mem':>5} | {'+syl s':>7} {'time':>6} {'cpu':>6} {'mem':>5} | "
+              f"{'mm s':>6} {'/HF':>5}")
     print(header)
     print("-" * len(header))
     for name in args.presets:
@@ -144,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['ours'] / t['hf']:>6.2f} {c['ours'] / c['hf']:>6.2f} {m['ours'] / 2**20:>8.1f} "
                   f"{m['hf'] / 2**20:>8.1f} {m['ours'] / m['hf']:>5.2f} | {t['ours_mtl']:>7.3f} "
                   f"{t['ours_mtl'] / t['ours']:>6.2f} {c['ours_mtl'] / c['ours']:>6.2f} "
-                  f"{m['ours_mtl'] / m['ours']:>5.2f}", flush=True)
+                  f"{m['ours_mtl'] / m['ours']:>5.2f} | {t['matmuls']:>6.3f} {t['matmuls'] / t['hf']:>5.2f}", flush=True)
     print("left of |: grapheme-only (mtl_weight 0) ours / HF Wav2Vec2ForCTC; time = median wall-clock step,")
     print("cpu = median process CPU time, mem = median peak RSS growth in a step (lower is better; goal time <= 0.8).")
-    print("right of |: ours with the syllable head (mtl_weight 0.5) and its ratios to grapheme-only ours.")
+    print("middle: ours with the syllable head (mtl_weight 0.5) and its ratios to grapheme-only ours.")
+    print("right: the matrix products alone that both grapheme-only steps perform (see `matmul_floor`), and")
+    print("their time / HF's step: no implementation built on these products can have a lower time ratio.")
     return 0
 
 
