@@ -27,11 +27,11 @@ from pathlib import Path
 
 from kwav2vec.data.audio import SAMPLE_RATE
 from kwav2vec.data.manifest import ManifestError, read_manifest
-from kwav2vec.inference.decoders import MultiDecoder, add_decoder_arguments, check_heads, parse_decoders
+from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
     Source,
-    add_batching_arguments,
-    add_trainer_arguments,
+    add_prediction_arguments,
+    command_parser,
     load_finetuner,
     quiet_lightning,
     run_prediction,
@@ -43,17 +43,12 @@ PROG = "kwav2vec evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    parser = command_parser(PROG, __doc__)
     parser.add_argument("manifest", help="JSONL manifest with `norm` transcripts")
     parser.add_argument("--out", default=None, help="output folder (default: runs/evaluate/<manifest name>)")
     parser.add_argument("--audio-root", default=None, help="folder relative audio paths are resolved against")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_decoder_arguments(parser, multiple=True)
-    add_batching_arguments(parser)
-    add_trainer_arguments(parser)
+    add_prediction_arguments(parser, multiple_decoders=True)
     return parser
 
 

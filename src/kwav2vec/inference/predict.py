@@ -15,6 +15,7 @@ log-probs are, so nothing larger than the texts crosses processes.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from kwav2vec.data.audio import AudioError, load_audio
 from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
 from kwav2vec.data.sampler import pack_batches
-from kwav2vec.inference.decoders import Decoded, MultiDecoder
+from kwav2vec.inference.decoders import Decoded, MultiDecoder, add_decoder_arguments
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,22 @@ def run_prediction(
     writer.results.rank = trainer.global_rank
     gathered = gather_results(writer.results, len(sources))
     return gathered, wall, trainer.world_size
+
+
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads a fine-tuned checkpoint: its first positional argument."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    return parser
+
+
+def add_prediction_arguments(parser: argparse.ArgumentParser, multiple_decoders: bool) -> None:
+    """Decoder, batching and `--trainer.*` flags, which every prediction command takes."""
+    add_decoder_arguments(parser, multiple=multiple_decoders)
+    add_batching_arguments(parser)
+    add_trainer_arguments(parser)
 
 
 def add_batching_arguments(parser) -> None:

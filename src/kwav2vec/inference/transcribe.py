@@ -24,11 +24,11 @@ import soundfile as sf
 
 from kwav2vec.data.audio import PCM_DTYPE, PCM_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.decoding.beam import Hypothesis
-from kwav2vec.inference.decoders import MultiDecoder, add_decoder_arguments, check_heads, parse_decoders
+from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
     Source,
-    add_batching_arguments,
-    add_trainer_arguments,
+    add_prediction_arguments,
+    command_parser,
     load_finetuner,
     quiet_lightning,
     run_prediction,
@@ -38,17 +38,12 @@ PROG = "kwav2vec transcribe"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    parser = command_parser(PROG, __doc__)
     parser.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, ... or 16 kHz 16-bit .pcm)")
     parser.add_argument("--json", action="store_true", help="print n-best lists with scores as JSON")
     parser.add_argument("--nbest", type=int, default=5, help="hypotheses per file with --json (default 5)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
-    add_decoder_arguments(parser, multiple=False)
-    add_batching_arguments(parser)
-    add_trainer_arguments(parser)
+    add_prediction_arguments(parser, multiple_decoders=False)
     return parser
 
 
