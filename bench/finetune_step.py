@@ -130,10 +130,9 @@ def matmul_floor(model, batch: int, samples: int, frames: int, vocab_size: int):
         b = torch.randn(n, k).t() if b_transposed else torch.randn(k, n)  # linear's weight is (n, k)
         products.append((torch.randn(m, k), b, torch.empty(m, n)))
 
-    def linear(n_in: int, n_out: int, input_grad: bool = True) -> None:
+    def linear(n_in: int, n_out: int) -> None:  # every input gradient is needed: all of it trains
         product(rows, n_in, n_out, b_transposed=True)  # forward: x W^T
-        if input_grad:
-            product(rows, n_out, n_in)  # grad_x = grad_y W
+        product(rows, n_out, n_in)  # grad_x = grad_y W
         products.append((torch.randn(n_out, rows), torch.randn(rows, n_in), torch.empty(n_out, n_in)))  # grad_W
 
     t, n_in = samples, 1
