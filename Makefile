@@ -6,15 +6,28 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install test demo bench replicate lint clean
+.PHONY: install lock test demo bench replicate lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements.lock pins (hash-checked, dev extras and build backend included),
+# then kwav2vec itself without resolving anything: a new release anywhere cannot change the tree.
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev]'
+	$(PIP) install --require-hashes --no-deps -r requirements.lock
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Refreshes the lock on purpose (never run by another target): a universal resolve with uv, so one
+# file serves every platform and Python >= 3.10 through environment markers, with hashes. uv itself
+# is pinned and runs from a throw-away environment.
+UV_VERSION := 0.13.9
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q uv==$(UV_VERSION)
+	.lock-venv/bin/uv pip compile pyproject.toml requirements-build.in --extra dev --universal \
+	    --python-version 3.10 --generate-hashes -o requirements.lock
+	rm -rf .lock-venv
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests
