@@ -171,7 +171,7 @@ def test_cli_messages_name_the_file_and_the_expected_kind(tmp_path, capsys):
         (["--from", "hf", str(tmp_path / "w2v.pt"), str(tmp_path / "x.ckpt")], "w2v.pt: not a directory (expected a Hugging Face"),
         (["--from", "fairseq", str(tmp_path), str(tmp_path / "x.ckpt")], "is a directory, expected a fairseq"),
         (["--from", "fairseq", str(tmp_path / "ours.ckpt"), str(tmp_path / "x.ckpt")], "ours.ckpt: not a fairseq checkpoint"),
-        (["--to", "hf", str(tmp_path / "w2v.pt"), str(tmp_path / "hf")], "w2v.pt: not a converted kwav2vec checkpoint"),
+        (["--to", "hf", str(tmp_path / "w2v.pt"), str(tmp_path / "hf")], "w2v.pt: not a kwav2vec checkpoint (expected a fine-tuner or Pretrainer checkpoint"),
         (["--from", "torchaudio", str(tmp_path / "ours.ckpt"), str(tmp_path / "x.ckpt")], "does not say how the model was built"),
         (["--from", "fairseq", str(tmp_path / "missing.pt"), str(tmp_path / "x.ckpt")], "missing.pt: no such file"),
     ]

@@ -5,9 +5,11 @@
     kwav2vec convert --from fairseq kwav2vec_multi.pt k.ckpt --dict dict.ltr.txt --add-dict add_dict.ltr.txt
     kwav2vec convert --from hf ./wav2vec2-base-960h base.ckpt --drop-head
     kwav2vec convert --from torchaudio base.pth base.ckpt --bundle WAV2VEC2_BASE
-    kwav2vec convert --to hf trained.ckpt ./kwav2vec-hf [--arch ctc]
+    kwav2vec convert --to hf runs/finetune/version_0/checkpoints/last.ckpt ./kwav2vec-hf [--arch ctc]
 
 The .ckpt written is what `Pretrainer(init_from=...)` and the fine-tuner's `init_from` start from.
+`--to hf` takes a fine-tuner checkpoint (Wav2Vec2ForCTC from the grapheme head, the syllable head
+beside it), a Pretrainer checkpoint (Wav2Vec2ForPreTraining) or a converted file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from kwav2vec.checkpoints.format import ConvertedCheckpoint, load_converted, save_converted
+from kwav2vec.checkpoints.format import ConvertedCheckpoint, save_converted
+from kwav2vec.checkpoints.reader import read_model_checkpoint
 from kwav2vec.checkpoints.statedict import KeyMismatchError
 
 
@@ -33,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from", dest="source", choices=("fairseq", "hf", "torchaudio"),
                      help="import SRC (a fairseq .pt, a Hugging Face directory, a torchaudio state dict)")
-    way.add_argument("--to", dest="target", choices=("hf",), help="export SRC.ckpt to a Hugging Face directory")
+    way.add_argument("--to", dest="target", choices=("hf",),
+                     help="export SRC.ckpt (fine-tuner, Pretrainer or converted) to a Hugging Face directory")
     p.add_argument("src", help="the checkpoint file or directory to read")
     p.add_argument("dst", help="the .ckpt file (import) or directory (export) to write")
     p.add_argument("--drop-head", action="store_true",
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from kwav2vec.checkpoints.export import export_huggingface
 
-            ckpt = load_converted(args.src)
+            ckpt = read_model_checkpoint(args.src)
             notes = export_huggingface(ckpt, args.dst, arch=args.arch)
             print(summary(ckpt))
             print("\n".join(f"export note: {n}" for n in notes) or "", end="\n" if notes else "")

@@ -12,8 +12,15 @@ matching processor) read, without needing transformers installed:
   (`<blank>` as pad token, `|` as word delimiter, `<unk>`), `special_tokens_map.json`.
 The CTC tokenizer decodes our jamo tokens to conjoining jamo; NFC-normalise its text to get syllables.
 
-What transformers cannot hold is reported, not silently lost: the syllable head (no transformers
-class has two CTC heads) and our padding-aware "default"-mode group norm (transformers includes batch
+- with a processor: `processor_class` Wav2Vec2Processor in both configs, so `AutoProcessor` loads one.
+- `kwav2vec_heads.json` (`HEADS_FILE`) and, with a syllable head, `kwav2vec_syllable_head.safetensors`:
+  what no transformers class holds (it has no model with two CTC heads). The JSON is
+  {"format": "kwav2vec-hf-heads", "version": 1, "heads": {name: {"vocab": Vocabulary.to_dict(),
+  "options": head constructor options, "weights": file}}}: the grapheme head's weights are the
+  ForCTC `lm_head` in model.safetensors, the syllable head's the SyllableHead state dict in its own
+  file. `kwav2vec convert --from hf` reads both back (checkpoints/huggingface.py).
+
+Reported, not silently lost: our padding-aware "default"-mode group norm (transformers includes batch
 padding in that norm's statistics, so padded batches differ there; unpadded input is identical).
 """
 
@@ -32,6 +39,9 @@ from kwav2vec.checkpoints.statedict import G_NEW, G_OLD, V_NEW, V_OLD
 from kwav2vec.models.config import SAMPLE_RATE
 from kwav2vec.text.vocab import BLANK, UNK, WORD_BOUNDARY
 
+HEADS_FILE = "kwav2vec_heads.json"
+HEADS_FORMAT, HEADS_VERSION = "kwav2vec-hf-heads", 1
+SYLLABLE_WEIGHTS_FILE = "kwav2vec_syllable_head.safetensors"
 ARCHITECTURES = {"ctc": "Wav2Vec2ForCTC", "pretraining": "Wav2Vec2ForPreTraining", "model": "Wav2Vec2Model"}
 HF_FINETUNE_MASK_TIME_PROB = 0.05  # transformers' default SpecAugment for a ForCTC config
 
@@ -159,8 +169,6 @@ def export_huggingface(ckpt: ConvertedCheckpoint, directory: str | os.PathLike, 
     config = hf_config(ckpt, arch)
     with_mask_emb = config["mask_time_prob"] > 0 or config["mask_feature_prob"] > 0
     state, notes = hf_state_dict(ckpt, arch, with_mask_emb)
-    if "syllable" in ckpt.heads:
-        notes.append("the syllable head has no transformers counterpart and was not exported")
     if ckpt.config.extractor_mode == "default":
         notes.append("group-norm extractor: transformers normalises over batch padding too; pass unpadded "
                      "audio (batch size 1 or equal lengths) for outputs identical to kwav2vec's")
@@ -174,6 +182,7 @@ def export_huggingface(ckpt: ConvertedCheckpoint, directory: str | os.PathLike, 
         "padding_side": "right",
         "do_normalize": ckpt.config.normalize,
         "return_attention_mask": ckpt.config.extractor_mode == "layer_norm",
+        **({"processor_class": "Wav2Vec2Processor"} if arch == "ctc" else {}),
     })
     if arch == "ctc":
         vocab = ckpt.heads["grapheme"].vocab
@@ -188,5 +197,35 @@ def export_huggingface(ckpt: ConvertedCheckpoint, directory: str | os.PathLike, 
             "word_delimiter_token": WORD_BOUNDARY,
             "do_lower_case": False,
             "replace_word_delimiter_char": " ",
+            "processor_class": "Wav2Vec2Processor",
         })
+    notes += _write_heads(ckpt, directory, arch, save_file)
     return notes
+
+
+def _write_heads(ckpt: ConvertedCheckpoint, directory: Path, arch: str, save_file) -> list[str]:
+    """`HEADS_FILE` (+ the syllable head's weights): the heads as kwav2vec builds them. A stale file
+    of an earlier export into the same directory is removed, so the directory never pairs this
+    model with another model's heads."""
+    heads: dict[str, Any] = {}
+    grapheme = ckpt.heads.get("grapheme")
+    if grapheme is not None and arch == "ctc":
+        heads["grapheme"] = {"vocab": grapheme.vocab.to_dict(), "options": dict(grapheme.options),
+                             "weights": "model.safetensors lm_head"}
+    syllable = ckpt.heads.get("syllable")
+    weights = directory / SYLLABLE_WEIGHTS_FILE
+    if syllable is not None:
+        state = {k: v.detach().float().contiguous().clone() for k, v in syllable.state_dict.items()}
+        save_file(state, str(weights), metadata={"format": "pt"})
+        heads["syllable"] = {"vocab": syllable.vocab.to_dict(), "options": dict(syllable.options),
+                             "weights": SYLLABLE_WEIGHTS_FILE}
+    elif weights.exists():
+        weights.unlink()
+    if heads:
+        _write_json(directory / HEADS_FILE, {"format": HEADS_FORMAT, "version": HEADS_VERSION, "heads": heads})
+    elif (directory / HEADS_FILE).exists():
+        (directory / HEADS_FILE).unlink()
+    if syllable is not None:
+        return [f"the syllable head has no transformers class: written to {SYLLABLE_WEIGHTS_FILE} with its "
+                f"vocabulary in {HEADS_FILE} (kwav2vec convert --from hf reads both back)"]
+    return []

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from kwav2vec.checkpoints.export import HEADS_FILE, HEADS_FORMAT, HEADS_VERSION, SYLLABLE_WEIGHTS_FILE
 from kwav2vec.checkpoints.format import (
     PRETRAINING_PREFIXES,
     ConvertedCheckpoint,
@@ -40,6 +41,8 @@ from kwav2vec.checkpoints.vocab_map import (
     read_hf_vocab,
 )
 from kwav2vec.models.config import SAMPLE_RATE, Wav2Vec2Config
+from kwav2vec.models.heads import SyllableHead
+from kwav2vec.text.vocab import Vocabulary
 
 EXPECTED = "a Hugging Face wav2vec 2.0 directory (config.json + model.safetensors or pytorch_model.bin)"
 # transformers' Wav2Vec2Config defaults for every field we read (config.json leaves defaults out)
@@ -98,7 +101,7 @@ def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{directory}: no weights ({', '.join(WEIGHT_FILES)}); expected {EXPECTED}")
 
 
-def backbone_config(c: dict[str, Any], normalize: bool, origin: str) -> Wav2Vec2Config:
+def backbone_config(c: dict[str, Any], normalize: bool, origin: str, identity_projection: bool = False) -> Wav2Vec2Config:
     """transformers Wav2Vec2Config (as a dict, defaults filled) -> ours; refuses what we do not implement."""
     refuse = []
     if c["hidden_act"] != "gelu" or c["feat_extract_activation"] != "gelu":
@@ -114,7 +117,7 @@ def backbone_config(c: dict[str, Any], normalize: bool, origin: str) -> Wav2Vec2
     dims, kernels, strides = list(c["conv_dim"]), list(c["conv_kernel"]), list(c["conv_stride"])
     if not len(dims) == len(kernels) == len(strides):
         refuse.append(f"conv_dim/conv_kernel/conv_stride of different lengths {len(dims)}/{len(kernels)}/{len(strides)}")
-    elif dims[-1] == c["hidden_size"]:
+    elif dims[-1] == c["hidden_size"] and not identity_projection:
         refuse.append(f"conv_dim[-1] == hidden_size == {dims[-1]}: transformers keeps a projection there, "
                       f"fairseq and we do not")
     if refuse:
@@ -184,6 +187,46 @@ def _ctc_head(directory: str, c: dict, state: SourceState, vocab_path: str | Non
                           {"dropout": float(c["final_dropout"])})
 
 
+def _is_identity_projection(weights: dict[str, torch.Tensor], prefix: str) -> bool:
+    w, b = weights.get(prefix + "weight"), weights.get(prefix + "bias")
+    if w is None or b is None or w.ndim != 2 or w.shape[0] != w.shape[1]:
+        return False
+    return bool(torch.equal(w.float(), torch.eye(w.shape[0])) and not b.float().any())
+
+
+def read_stored_heads(directory: str) -> dict[str, tuple[Vocabulary, dict[str, Any]]]:
+    """{head: (vocabulary, options)} from the `HEADS_FILE` our exporter writes; {} without one."""
+    path = os.path.join(directory, HEADS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    blob = _read_json(path, "kwav2vec's heads file")
+    if blob.get("format") != HEADS_FORMAT or blob.get("version") != HEADS_VERSION:
+        raise ValueError(f"{path}: expected format {HEADS_FORMAT!r} version {HEADS_VERSION}, found "
+                         f"{blob.get('format')!r} version {blob.get('version')!r}")
+    out = {}
+    for name, head in (blob.get("heads") or {}).items():
+        if name not in ("grapheme", "syllable"):
+            raise ValueError(f"{path}: unknown head {name!r}")
+        out[name] = (Vocabulary.from_dict(head["vocab"], source=f"{path} heads.{name}.vocab"),
+                     dict(head.get("options") or {}))
+    return out
+
+
+def _syllable_head(directory: str, stored: tuple[Vocabulary, dict[str, Any]], cfg: Wav2Vec2Config) -> HeadCheckpoint:
+    vocab, options = stored
+    path = os.path.join(directory, SYLLABLE_WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{directory}: {HEADS_FILE} names a syllable head but {SYLLABLE_WEIGHTS_FILE} is missing")
+    weights = {k: v.float().contiguous() for k, v in _load_weight_file(path).items()}
+    expected = SyllableHead(cfg.encoder_embed_dim, len(vocab), **options).state_dict()
+    bad = sorted(set(expected) ^ set(weights)) + [k for k in expected if k in weights
+                                                  and expected[k].shape != weights[k].shape]
+    if bad:
+        raise ValueError(f"{path}: does not fit a syllable head of {len(vocab)} outputs with options {options} "
+                         f"(mismatched keys {bad[:8]})")
+    return HeadCheckpoint(weights, vocab, options)
+
+
 def import_huggingface(
     directory: str | os.PathLike, *, drop_head: bool = False, grapheme_vocab: str | None = None,
     normalize: bool | None = None,
@@ -210,10 +253,16 @@ def import_huggingface(
     notes: list[str] = []
     if normalize is None:
         normalize = _normalize_setting(directory, notes)
-    cfg = backbone_config(c, normalize, config_path)
-    state = SourceState(read_hf_weights(directory), origin=f"{directory} (Hugging Face wav2vec2)")
+    weights = read_hf_weights(directory)
+    prefix = "wav2vec2." if any(k.startswith("wav2vec2.") for k in weights) else ""
+    # transformers always projects the features; with conv width == model width we have no projection,
+    # so only an identity one (what our exporter writes for such models) can be imported
+    identity = _is_identity_projection(weights, prefix + "feature_projection.projection.")
+    cfg = backbone_config(c, normalize, config_path, identity_projection=identity)
+    state = SourceState(weights, origin=f"{directory} (Hugging Face wav2vec2)")
     notes += state.dtype_note()
-    prefix = "wav2vec2." if state.has_prefix("wav2vec2.") else ""
+    if identity and cfg.conv_dim == cfg.encoder_embed_dim:
+        state.ignore_prefix(prefix + "feature_projection.projection.", "identity projection (conv width == model width)")
     pretraining = "quantizer.codevectors" in state
     kind = "Wav2Vec2ForPreTraining" if pretraining else "Wav2Vec2ForCTC" if "lm_head.weight" in state else "Wav2Vec2Model"
 
@@ -229,12 +278,25 @@ def import_huggingface(
     if not pretraining:
         notes.append(f"{kind} source: quantizer, project_q and final_proj start fresh if pretraining continues")
 
+    stored = {} if drop_head else read_stored_heads(directory)
     heads = {}
     if "lm_head.weight" in state:
         if drop_head:
             state.ignore_prefix("lm_head.", "CTC head dropped on request")
             notes.append("dropped on request: lm_head")
+        elif "grapheme" in stored and grapheme_vocab is None:
+            # our own export: the stored vocabulary and options give back exactly the exported head
+            vocab, options = stored["grapheme"]
+            heads["grapheme"] = HeadCheckpoint({"proj.weight": state.take("lm_head.weight").float().contiguous(),
+                                                "proj.bias": state.take("lm_head.bias").float().contiguous()},
+                                               vocab, options)
+            if len(vocab) != heads["grapheme"].state_dict["proj.weight"].shape[0]:
+                raise ValueError(f"{directory}/{HEADS_FILE}: the grapheme vocabulary has {len(vocab)} tokens, "
+                                 f"lm_head {heads['grapheme'].state_dict['proj.weight'].shape[0]} outputs")
         else:
             heads["grapheme"] = _ctc_head(directory, c, state, grapheme_vocab, notes)
+    if "syllable" in stored:
+        heads["syllable"] = _syllable_head(directory, stored["syllable"], cfg)
+        notes.append(f"syllable head read from {SYLLABLE_WEIGHTS_FILE} ({HEADS_FILE})")
     state.finish()
     return ConvertedCheckpoint(cfg, state_dict, heads, source=f"huggingface {kind} {directory}", notes=notes)

@@ -22,9 +22,15 @@ import torch
 from rapidfuzz.distance import Levenshtein
 
 from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights, read_heads
+from kwav2vec.checkpoints.reader import (
+    is_lightning_checkpoint,
+    lightning_backbone,
+    read_backbone_checkpoint,
+    torch_load,
+)
 from kwav2vec.decoding.greedy import greedy_decode
 from kwav2vec.lit.guards import safety_callbacks
-from kwav2vec.lit.pretrain import load_backbone_weights, read_backbone_checkpoint
+from kwav2vec.lit.pretrain import load_backbone_weights
 from kwav2vec.lit.schedules import tri_stage_schedule
 from kwav2vec.metrics import normalize_for_scoring, oov_recovery_counts, space_normalize
 from kwav2vec.models.config import Wav2Vec2Config, preset
@@ -57,34 +63,6 @@ def _as_vocabulary(value: str | os.PathLike | dict | Vocabulary | None, kind: st
     return vocab
 
 
-def _lightning_backbone(blob: dict, path: str) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
-    """(config, backbone state dict) of a Lightning checkpoint of our Pretrainer or fine-tuner."""
-    hp, state = blob["hyper_parameters"], blob["state_dict"]
-    if any(k.startswith("backbone.") for k in state):  # a HierarchicalFineTuner: its heads are not reused
-        if not isinstance(hp.get("backbone_config"), dict):
-            raise ValueError(f"{path}: fine-tuner checkpoint without 'backbone_config' in its hyper-parameters")
-        cfg, prefix = Wav2Vec2Config.from_dict(dict(hp["backbone_config"])), "backbone."
-    elif any(k.startswith("model.") for k in state):  # a Pretrainer: rebuild its config as it did
-        overrides = dict(hp.get("model_overrides") or {})
-        if hp.get("init_from"):
-            # the Pretrainer took its architecture from that file, so it must still be readable
-            try:
-                cfg, _ = read_backbone_checkpoint(hp["init_from"])
-            except (FileNotFoundError, ValueError) as e:
-                raise ValueError(
-                    f"{path}: this Pretrainer checkpoint took its architecture from init_from="
-                    f"{hp['init_from']!r}, which cannot be read ({e}); restore that file or convert the "
-                    "checkpoint to a backbone file"
-                ) from e
-            cfg = cfg.replace(**overrides) if overrides else cfg
-        else:
-            cfg = preset(hp.get("model", "base"), **overrides)
-        prefix = "model."
-    else:
-        raise ValueError(f"{path}: Lightning checkpoint with neither 'model.' nor 'backbone.' weights")
-    return cfg, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def read_init_checkpoint(
     path: str | os.PathLike,
 ) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor] | None]:
@@ -96,19 +74,12 @@ def read_init_checkpoint(
       `HierarchicalFineTuner` (backbone under "backbone."): config and the backbone's weights.
     """
     path = os.fspath(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: no copy in RAM
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-        blob = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except FileNotFoundError:
-        raise FileNotFoundError(f"init_from checkpoint {path!r} does not exist") from None
+    blob = torch_load(path, "init_from checkpoint", mmap=True)  # mmap: no copy in RAM
     if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
         cfg, _ = read_backbone_checkpoint(path)
         return cfg, None
-    if isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob:
-        return _lightning_backbone(blob, path)
+    if is_lightning_checkpoint(blob):
+        return lightning_backbone(blob, path)
     found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
     raise ValueError(
         f"{path}: neither a backbone file ({{'config', 'state_dict'}}) nor a Lightning checkpoint of the "

@@ -15,9 +15,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from kwav2vec.checkpoints.reader import read_backbone_checkpoint
 from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.schedules import polynomial_decay_schedule
-from kwav2vec.models.config import Wav2Vec2Config, preset
+from kwav2vec.models.config import preset
 from kwav2vec.models.losses import pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 
@@ -38,23 +39,6 @@ ARCHITECTURE_FIELDS = (
     "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups",
     "final_dim", "latent_vars", "latent_groups", "latent_dim",
 )
-
-
-def read_backbone_checkpoint(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
-    """Reads a backbone file written by our importers: a dict with "config" (Wav2Vec2Config fields)
-    and "state_dict" (our module names). Returns (config, state_dict)."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"backbone checkpoint {os.fspath(path)!r} does not exist") from None
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{os.fspath(path)}: expected a dict with keys 'config' and 'state_dict', found {found}")
-    try:
-        cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{os.fspath(path)}: invalid 'config': {e}") from e
-    return cfg, blob["state_dict"]
 
 
 def load_backbone_weights(model: Wav2Vec2Model, path: str | os.PathLike) -> list[str]:
