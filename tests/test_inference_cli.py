@@ -152,6 +152,43 @@ def test_transcribe_names_unreadable_files_and_still_transcribes_the_rest(checkp
     assert f"cannot read {missing}: missing" in captured.err
 
 
+def test_a_clip_shorter_than_one_frame_gets_an_empty_transcript_and_a_warning(checkpoint, audio_files, tmp_path,
+                                                                              capsys):
+    short = tmp_path / "short.wav"
+    sf.write(short, noise(300 / 16000, 16000, 1, 5), 16000)  # 300 samples < the 400 one frame needs
+    for decoder in (["--decoder", "greedy"], ["--decoder", "joint", "--beam-width", "4"]):
+        code = transcribe.main([str(checkpoint), str(audio_files[0]), str(short), *decoder, "--batch-size", "4"])
+        captured = capsys.readouterr()
+        assert code == 1  # one file had a problem
+        lines = captured.out.splitlines()
+        assert [line.split("\t")[0] for line in lines] == [str(audio_files[0]), str(short)]
+        assert lines[1] == f"{short}\t"
+        assert f"warning: {short}: 300 samples" in captured.err and "shorter than one frame" in captured.err
+        assert "Traceback" not in captured.err
+    assert transcribe.main([str(checkpoint), str(short), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["results"][0]["text"] == "" and "shorter than one frame" in doc["results"][0]["warning"]
+
+
+def test_evaluate_scores_a_too_short_clip_as_empty_and_writes_its_outputs(checkpoint, manifest, tmp_path, capsys):
+    entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()[:2]]
+    for e in entries:
+        e["audio"] = str(manifest.parent / e["audio"])
+    sf.write(tmp_path / "tiny.flac", noise(200 / 16000, 16000, 1, 6), 16000)
+    entries.append({"id": "tiny", "audio": str(tmp_path / "tiny.flac"), "num_samples": 200, "sample_rate": 16000,
+                    "text": "안녕", "norm": "안녕"})
+    path = tmp_path / "with_short.jsonl"
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries), encoding="utf-8")
+    out = tmp_path / "eval"
+    code = evaluate.main([str(checkpoint), str(path), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "tiny.flac (utterance tiny)" in err and "shorter than one frame" in err
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [c["id"] for c in summary["too_short"]] == ["tiny"] and summary["scored"] == 3
+    rows = read_tsv(out / "greedy-grapheme.tsv")
+    assert rows[-1]["id"] == "tiny" and rows[-1]["hyp"] == "" and int(rows[-1]["char_errors"]) == 2
+
+
 def test_transcribe_rejects_a_file_that_is_not_a_checkpoint(audio_files, tmp_path, capsys):
     fake = tmp_path / "fake.ckpt"
     torch.save({"weights": torch.zeros(2)}, fake)

@@ -56,11 +56,14 @@ def test_gather_without_distributed_checks_completeness():
         gather_results(_part(0, [0, 1, 1, 2]), 3)
 
 
-def test_collate_pads_clips_shorter_than_a_frame_and_keeps_their_length():
+def test_collate_keeps_clips_shorter_than_a_frame_out_of_the_model_batch():
+    # the model refuses clips under one frame (400 samples): they are listed, the rest is batched
     batch = collate_predict([{"index": 3, "id": "a", "audio": torch.ones(100)},
+                             {"index": 4, "id": "c", "audio": torch.ones(900)},
                              {"index": 5, "id": "b", "audio": torch.ones(50)}])
-    assert batch["audio"].shape == (2, 400) and batch["audio_lengths"].tolist() == [100, 50]
-    assert batch["indices"] == [3, 5] and batch["ids"] == ["a", "b"] and batch["skipped"] == []
+    assert batch["audio"].shape == (1, 900) and batch["audio_lengths"].tolist() == [900]
+    assert batch["indices"] == [4] and batch["ids"] == ["c"] and batch["skipped"] == []
+    assert batch["short"] == [{"index": 3, "id": "a", "num_samples": 100}, {"index": 5, "id": "b", "num_samples": 50}]
 
 
 def test_parse_decoders_names_variants_and_rejects_unknown_ones():

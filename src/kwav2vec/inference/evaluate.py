@@ -15,7 +15,8 @@ Prints a table per run. Seconds are compute seconds summed over ranks; RTF = sec
 
 Utterances whose reference is empty after normalisation are left out (their error rate is
 undefined) and listed. Utterances whose audio cannot be read are listed in the summary and on
-stderr, the rest is scored, and the exit code is 1.
+stderr, the rest is scored, and the exit code is 1. So is it when a clip is shorter than one frame: it
+is scored with an empty hypothesis (listed under "too_short" in the summary and warned about).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from kwav2vec.inference.predict import (
     load_finetuner,
     quiet_lightning,
     run_prediction,
+    too_short_message,
 )
 from kwav2vec.inference.report import format_table, metrics_summary, scored_rows, write_json, write_tsv
 from kwav2vec.metrics import normalize_for_scoring
@@ -83,6 +85,7 @@ def main(argv: list[str]) -> int:
 
     results = {u.index: u for part in gathered for u in part.utterances}
     skipped = sorted((s for part in gathered for s in part.skipped), key=lambda s: s["index"])
+    too_short = sorted((c for part in gathered for c in part.too_short), key=lambda c: c["index"])
     order = sorted(results)
     audio_seconds = sum(results[i].num_samples for i in order) / SAMPLE_RATE
     forward_seconds = sum(part.forward_seconds for part in gathered)
@@ -115,6 +118,7 @@ def main(argv: list[str]) -> int:
         "utterances": len(entries) + len(empty),
         "scored": len(order),
         "skipped": skipped,
+        "too_short": too_short,
         "empty_references": empty,
         "audio_seconds": audio_seconds,
         "forward_seconds": forward_seconds,
@@ -143,4 +147,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
     for s in skipped:
         print(f"{PROG}: cannot read {s['path']} (utterance {s['id']}): {s['reason']}: {s['detail']}", file=sys.stderr)
-    return 1 if skipped or not order else 0
+    for c in too_short:
+        print(f"{PROG}: warning: {c['path']} (utterance {c['id']}): {too_short_message(c['num_samples'])}; "
+              "scored as an empty hypothesis", file=sys.stderr)
+    return 1 if skipped or too_short or not order else 0

@@ -30,10 +30,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from kwav2vec.data.audio import AudioError, load_audio
+from kwav2vec.data.audio import SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
 from kwav2vec.data.sampler import pack_batches
+from kwav2vec.decoding.beam import Hypothesis
 from kwav2vec.inference.decoders import Decoded, MultiDecoder, add_decoder_arguments
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class RankResults:
     rank: int
     utterances: list[UtteranceResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # utterances whose audio failed to load
+    too_short: list[dict] = field(default_factory=list)  # index, id, path, num_samples: empty transcripts
     forward_seconds: float = 0.0  # predict_step time (model forward incl. device transfers back)
     decode_seconds: dict[str, float] = field(default_factory=dict)  # per decoder, as if run alone
     batches: int = 0
@@ -96,24 +98,31 @@ class PredictDataset(Dataset):
 
 
 def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
-    """Batch: ids, indices, audio (B, S) zero-padded to at least one frame, audio_lengths (B,), skipped."""
-    good = [it for it in items if not isinstance(it, SkippedItem)]
+    """Batch: ids, indices, audio (B, S) zero-padded, audio_lengths (B,), skipped (unreadable files)
+    and short: clips shorter than one frame (`RECEPTIVE_FIELD` samples), which the model cannot take
+    and which are kept out of `audio`: each gets an empty transcript and a warning, the rest of the
+    batch is transcribed."""
+    good = [it for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) >= RECEPTIVE_FIELD]
+    short = [{"index": it["index"], "id": it["id"], "num_samples": len(it["audio"])}
+             for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) < RECEPTIVE_FIELD]
     skipped = [it.as_dict() for it in items if isinstance(it, SkippedItem)]
     if good:
         audio, lengths = pad_1d([it["audio"] for it in good], 0.0)
     else:
         audio, lengths = torch.zeros(0, RECEPTIVE_FIELD), torch.zeros(0, dtype=torch.long)
-    if audio.shape[1] < RECEPTIVE_FIELD:
-        # Clips shorter than one frame: the conv stack needs this much input; their true length
-        # (audio_lengths) still gives them 0 frames, i.e. an empty transcript.
-        audio = torch.nn.functional.pad(audio, (0, RECEPTIVE_FIELD - audio.shape[1]))
     return {
         "ids": [it["id"] for it in good],
         "indices": [it["index"] for it in good],
         "audio": audio,
         "audio_lengths": lengths,
         "skipped": skipped,
+        "short": short,
     }
+
+
+def too_short_message(num_samples: int) -> str:
+    return (f"{num_samples} samples ({num_samples / SAMPLE_RATE:.3f} s at 16 kHz), shorter than one frame "
+            f"({RECEPTIVE_FIELD} samples): empty transcript")
 
 
 def shard_batches(
@@ -217,13 +226,21 @@ class DecodingWriter(pl.Callback):
         res.forward_seconds += time.perf_counter() - self._started
         res.batches += 1
         res.skipped.extend(batch["skipped"])
+        assert self.decoder is not None
+        for clip in batch.get("short", []):
+            path = self._sources[clip["index"]].path if clip["index"] in self._sources else ""
+            res.too_short.append({**clip, "path": path})
+            empty = Decoded("", 0.0, [Hypothesis("", 0.0, {})])  # 0 frames: the empty path, probability 1
+            res.utterances.append(UtteranceResult(
+                index=clip["index"], id=clip["id"], path=path, num_samples=clip["num_samples"], frames=0,
+                decoded={name: empty for name in self.decoder.names},
+            ))
         if list(outputs["ids"]) != list(batch["ids"]):
             raise RuntimeError(
                 f"predict_step returned ids {list(outputs['ids'])[:5]}... for a batch of {list(batch['ids'])[:5]}..."
             )
         if not batch["ids"]:
             return
-        assert self.decoder is not None
         frames = outputs["frame_lengths"]  # (B,)
         decoded = self.decoder.decode(outputs["grapheme_log_probs"], outputs["syllable_log_probs"], frames)
         lengths = batch["audio_lengths"].tolist()

@@ -7,8 +7,9 @@ Any format, sample rate and channel count soundfile reads (and headerless 16 kHz
 audio is resampled to 16 kHz and averaged to mono. `--json` prints one JSON document with the
 n-best list of each file (text, score and the per-head parts of the score; -inf is written null).
 
-A file that cannot be read is reported on stderr with its path and the reason; the other files are
-still transcribed, and the exit code is 1 (2 for a bad checkpoint or option). Runs through
+A file that cannot be read is reported on stderr with its path and the reason, a clip shorter than
+one 400-sample frame gets an empty transcript and a warning naming it; the other files are still
+transcribed, and the exit code is 1 (2 for a bad checkpoint or option). Runs through
 Lightning's predict loop, so `--trainer.devices/strategy/num_nodes` spread many files over devices.
 """
 
@@ -32,6 +33,7 @@ from kwav2vec.inference.predict import (
     load_finetuner,
     quiet_lightning,
     run_prediction,
+    too_short_message,
 )
 
 PROG = "kwav2vec transcribe"
@@ -103,6 +105,9 @@ def main(argv: list[str]) -> int:
             return 0
         results = {u.path: u for part in gathered for u in part.utterances}
         errors += [(s["path"], f"{s['reason']}: {s['detail']}") for part in gathered for s in part.skipped]
+        short = {c["path"]: too_short_message(c["num_samples"]) for part in gathered for c in part.too_short}
+    else:
+        short = {}
 
     failed = dict(errors)
     if args.json:
@@ -116,6 +121,7 @@ def main(argv: list[str]) -> int:
                 doc["results"].append({
                     "path": path, "text": d.text, "score": _finite(d.score),
                     "seconds": u.num_samples / SAMPLE_RATE, "nbest": [_hypothesis_json(h) for h in d.nbest],
+                    **({"warning": short[path]} if path in short else {}),
                 })
         print(json.dumps(doc, ensure_ascii=False, indent=2))
     else:
@@ -124,4 +130,7 @@ def main(argv: list[str]) -> int:
                 print(f"{path}\t{results[path].decoded[name].text}")
     for path, message in errors:
         print(f"{PROG}: cannot read {path}: {message}", file=sys.stderr)
-    return 1 if errors else 0
+    for path in args.audio:
+        if path in short:
+            print(f"{PROG}: warning: {path}: {short[path]}", file=sys.stderr)
+    return 1 if errors or short else 0
