@@ -6,7 +6,7 @@
 
 Every `__init__` argument of the LightningModule and DataModule is a flag (`--model.lr`,
 `--data.max_samples_per_batch`, ...) and a YAML key. Defaults chosen here:
-- logs under runs/<job>/ with the CSV logger; `--trainer.logger WandbLogger` logs to wandb, offline
+- logs and checkpoints under `--trainer.default_root_dir` (default runs/<job>/) with the CSV logger; `--trainer.logger WandbLogger` logs to wandb, offline
   unless WANDB_MODE says otherwise (no login needed), `--trainer.logger TensorBoardLogger` too;
 - checkpoints written atomically (temporary file + rename), `last.ckpt` always kept, the best one by
   `--checkpoint.monitor` (val/cer when fine-tuning, val/loss when pretraining);
@@ -21,9 +21,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
+from kwav2vec.checkpoints.reader import torch_load
 from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
 
+RUNS = "runs"  # default_root_dir is runs/<job>, the default CSV logger's directory too
 # job -> (LightningModule, DataModule, metric that picks the best checkpoint)
 JOBS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("kwav2vec.lit.pretrain.Pretrainer", "kwav2vec.data.datamodule.PretrainDataModule", "val/loss"),
@@ -62,11 +65,48 @@ class KWav2VecCLI(LightningCLI):
             }
         )
 
+    def before_instantiate_classes(self) -> None:
+        """`finetune test|validate --ckpt_path X` evaluates the model X holds: its architecture and
+        vocabularies come from X (the fine-tuner stores them), not from the recipe's preset, which
+        may name another size (a LARGE or tiny model tested with conf/finetune/mtl.yaml's base)."""
+        sub = self.subcommand
+        if self.job != "finetune" or sub not in ("test", "validate", "predict"):
+            return
+        config = self.config[sub]
+        path = config.get("ckpt_path")
+        if not path or path in ("last", "best", "hpc") or config.model.get("backbone_config") is not None:
+            return
+        blob = torch_load(path, "fine-tuner checkpoint (--ckpt_path)", mmap=True)
+        hp = blob.get("hyper_parameters", {}) if isinstance(blob, dict) else {}
+        if not isinstance(hp.get("backbone_config"), dict):
+            raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint (no backbone_config in its hyper-parameters)")
+        config.model.backbone_config = hp["backbone_config"]
+        config.model.init_from = None  # the weights come from the checkpoint
+        for key in ("mtl_weight", "syllable_layers", "grapheme_vocabulary", "syllable_vocabulary"):
+            if key in hp:
+                config.model[key] = hp[key]
+
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
         if not trainer_config.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        logger = self._root_dir_logger(trainer_config)
+        if logger is not None:
+            kwargs["logger"] = logger
         return super().instantiate_trainer(**kwargs)
+
+    def _root_dir_logger(self, trainer_config: dict) -> CSVLogger | None:
+        """Lightning's convention: logs and checkpoints under `--trainer.default_root_dir`. Our default
+        logger writes to runs/<job>/version_N (= the default root dir); given another root DIR and no
+        logger directory of the user's, the default logger moves to DIR/version_N."""
+        root = trainer_config.get("default_root_dir")
+        logger = trainer_config.get("logger")
+        default_root = os.path.join(RUNS, self.job)
+        if root is None or os.path.normpath(str(root)) == os.path.normpath(default_root):
+            return None
+        if type(logger) is not CSVLogger or os.path.normpath(logger.root_dir) != os.path.normpath(default_root):
+            return None  # a logger (or a logger directory) the user chose
+        return CSVLogger(save_dir=str(root), name="")
 
 
 def run(job: str, argv: list[str]) -> int:
@@ -82,10 +122,10 @@ def run(job: str, argv: list[str]) -> int:
             _import(data_path),
             parser_kwargs={"prog": f"kwav2vec {job}"},
             trainer_defaults={
-                "default_root_dir": f"runs/{job}",
+                "default_root_dir": os.path.join(RUNS, job),
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
-                    "init_args": {"save_dir": "runs", "name": job},
+                    "init_args": {"save_dir": RUNS, "name": job},
                 },
                 "callbacks": [LearningRateMonitor(logging_interval="step")],
                 "use_distributed_sampler": False,
