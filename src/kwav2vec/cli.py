@@ -8,7 +8,10 @@ programs. Each subcommand lives in its own module and is imported only when it r
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+DEBUG_ENV = "KWAV2VEC_DEBUG"  # set to 1 for tracebacks, as --debug does
 
 # name -> ("module" or "module:function", one-line help); the function (default `main`) takes the
 # remaining argv and returns an exit code (or None for 0).
@@ -38,7 +41,8 @@ def usage() -> str:
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
-    lines += ["", "Run `kwav2vec <command> --help` for a command's options."]
+    lines += ["", "Run `kwav2vec <command> --help` for a command's options. Errors are one line; --debug (or",
+              f"{DEBUG_ENV}=1) shows the traceback."]
     return "\n".join(lines)
 
 
@@ -56,10 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"kwav2vec: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    debug = "--debug" in rest or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    rest = [a for a in rest if a != "--debug"]
     module_name, _, function = SUBCOMMANDS[name][0].partition(":")
     entry = getattr(importlib.import_module(module_name), function or "main")
-    code = entry(rest)
+    try:
+        code = entry(rest)
+    except Exception as err:  # noqa: BLE001 - one line naming the problem; the traceback on request
+        if debug:
+            raise
+        print(f"kwav2vec {name}: error: {error_line(err)} (--debug or {DEBUG_ENV}=1 shows the traceback)",
+              file=sys.stderr)
+        return 2 if isinstance(err, EXPECTED_ERRORS) else 1
     return int(code or 0)
+
+
+# Errors about the user's input (files, options, data): their message says what is wrong. Others are
+# named with their type, since the message alone may not explain them.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def error_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or repr(err)
+    return text if isinstance(err, EXPECTED_ERRORS) else f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

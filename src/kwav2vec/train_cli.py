@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any
 
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -65,26 +66,22 @@ class KWav2VecCLI(LightningCLI):
             }
         )
 
-    def before_instantiate_classes(self) -> None:
-        """`finetune test|validate --ckpt_path X` evaluates the model X holds: its architecture and
-        vocabularies come from X (the fine-tuner stores them), not from the recipe's preset, which
-        may name another size (a LARGE or tiny model tested with conf/finetune/mtl.yaml's base)."""
-        sub = self.subcommand
-        if self.job != "finetune" or sub not in ("test", "validate", "predict"):
-            return
-        config = self.config[sub]
-        path = config.get("ckpt_path")
-        if not path or path in ("last", "best", "hpc") or config.model.get("backbone_config") is not None:
-            return
-        blob = torch_load(path, "fine-tuner checkpoint (--ckpt_path)", mmap=True)
-        hp = blob.get("hyper_parameters", {}) if isinstance(blob, dict) else {}
-        if not isinstance(hp.get("backbone_config"), dict):
-            raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint (no backbone_config in its hyper-parameters)")
-        config.model.backbone_config = hp["backbone_config"]
-        config.model.init_from = None  # the weights come from the checkpoint
-        for key in ("mtl_weight", "syllable_layers", "grapheme_vocabulary", "syllable_vocabulary"):
-            if key in hp:
-                config.model[key] = hp[key]
+    def _parse_ckpt_path(self) -> None:
+        """Lightning 2.6 reads `--ckpt_path`'s hyper-parameters into the model's config (so `finetune
+        test --ckpt_path X` builds the architecture and vocabularies X stores, whatever preset the
+        recipe names) with a bare torch.load: a damaged, empty or foreign file first gets one error
+        naming it here."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            kind = "fine-tuner" if self.job == "finetune" else "Pretrainer"
+            blob = torch_load(path, f"{kind} checkpoint (--ckpt_path)", mmap=True)
+            if not (isinstance(blob, dict) and "state_dict" in blob):
+                found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
+                raise ValueError(f"{path}: not a Lightning checkpoint (found {found}); --ckpt_path takes a "
+                                 f"checkpoint that `kwav2vec {self.job} fit` wrote")
+            del blob
+        super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
@@ -109,8 +106,29 @@ class KWav2VecCLI(LightningCLI):
         return CSVLogger(save_dir=str(root), name="")
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Parses every `--config FILE` as YAML first, so a syntax error names its file (jsonargparse's
+    message names only a line and column "in <unicode string>")."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in files:
+        if not os.path.isfile(path):
+            continue  # jsonargparse names a missing file itself
+        try:
+            with open(path, encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e)
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
+
+
 def run(job: str, argv: list[str]) -> int:
     module_path, data_path, monitor = JOBS[job]
+    check_config_files(argv)
     # wandb never asks for a login from our command unless the user chose online mode.
     os.environ.setdefault("WANDB_MODE", "offline")
     cli_class = type(f"{job.title()}CLI", (KWav2VecCLI,), {"monitor": monitor, "job": job})

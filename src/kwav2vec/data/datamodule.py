@@ -10,6 +10,7 @@ per batch, to log them.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -108,6 +109,18 @@ class _BucketedDataModule(pl.LightningDataModule):
             self._pending_train_state = state
 
 
+def require_manifests(**manifests: str | None) -> None:
+    """Fails at construction, before any training, when a train or validation manifest is missing:
+    one line naming the file and the flag, instead of an error about what would be read next
+    (the vocabularies beside it) or a failure after the first epoch. The test manifest is checked
+    when a test runs: a fit does not need it to exist yet."""
+    for name, path in manifests.items():
+        if path is not None and not os.path.isfile(path):
+            what = "a directory" if os.path.isdir(path) else "no such file"
+            raise FileNotFoundError(f"{path}: {name.replace('_', ' ')} not found ({what}; --data.{name}); "
+                                    "`kwav2vec prepare` writes manifests")
+
+
 class PretrainDataModule(_BucketedDataModule):
     """Unlabeled audio for wav2vec 2.0 pretraining.
 
@@ -157,6 +170,7 @@ class PretrainDataModule(_BucketedDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        require_manifests(train_manifest=train_manifest, val_manifest=val_manifest)
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -232,6 +246,7 @@ class FinetuneDataModule(_BucketedDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        require_manifests(train_manifest=train_manifest, val_manifest=val_manifest)
         folder = Path(train_manifest).parent
         # Loaded now (small files) so the model can size its heads from the datamodule.
         self.grapheme_vocab = Vocabulary.load(grapheme_vocab or folder / GRAPHEME_VOCAB_FILE)

@@ -132,8 +132,9 @@ def resolve_audio_path(
     if not allow_outside_root and os.path.commonpath([resolved, str(root)]) != str(root):
         raise ManifestError(
             manifest or root, line,
-            f"audio path {audio!r} points outside the manifest root {str(root)!r}; use an absolute path, "
-            "set audio_root, or allow_outside_root=True",
+            f"audio path {audio!r} points outside the manifest root {str(root)!r}; write an absolute path "
+            "in the manifest, or set the root it is relative to (--data.audio_root DIR when training, "
+            "--audio-root DIR for kwav2vec evaluate)",
         )
     return resolved
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from kwav2vec.checkpoints.reader import torch_load
 from kwav2vec.data.audio import SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
@@ -347,8 +347,7 @@ def load_finetuner(path: str):
     for a missing file or a checkpoint of something else."""
     from kwav2vec.lit.finetune import HierarchicalFineTuner
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    torch_load(path, "HierarchicalFineTuner checkpoint", mmap=True)  # names an empty, foreign or missing file
     try:
         model = HierarchicalFineTuner.load_from_checkpoint(path, map_location="cpu")
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
