@@ -90,6 +90,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     remove_stale_temp_files(path)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path, os.getpid()), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide manifests from the user's group
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
@@ -103,6 +104,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         _unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _unlink(name: str) -> None:

@@ -233,6 +233,11 @@ def newest_intact(folders: Iterable[str | os.PathLike], exclude: str | None = No
     return None, skipped
 
 
+def describe_intact_beside(name: str | os.PathLike) -> str:
+    """"; the newest intact checkpoint beside it is X" (or "; no intact checkpoint beside it")."""
+    return _beside(os.fspath(name), True)
+
+
 def _beside(name: str, enabled: bool) -> str:
     if not enabled:
         return ""

@@ -21,7 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from kwav2vec.checkpoints.integrity import read_checkpoint, seal
+from kwav2vec.checkpoints.integrity import describe_intact_beside, read_checkpoint, seal
 from kwav2vec.fileio import atomic_torch_save, remove_stale_temp_files, temp_prefix
 
 # kept under their old names: tests and callers import them from here
@@ -44,7 +44,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(sealed, path)
             return
-        atomic_torch_save(sealed, path)
+        try:
+            atomic_torch_save(sealed, path)
+        except OSError as err:  # e.g. ENOSPC: say which checkpoint a resume can still use
+            raise OSError(err.errno, f"{err.strerror}{describe_intact_beside(path)}") from err
 
     def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict:
