@@ -165,7 +165,7 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader(tmp_path, capsys):
                                                                   ckpt_path=str(bad))
     assert str(bad) in str(err.value) and f"newest intact checkpoint beside it is {good}" in str(err.value)
     # transcribe, evaluate
-    wav = next((tmp_path / "data").glob("*.wav"))
+    wav = tmp_path / "data" / "audio" / "u000.wav"
     for main, args in ((transcribe.main, [str(bad), str(wav)]), (evaluate.main, [str(bad), str(manifest)])):
         assert main(args) != 0
         msg = capsys.readouterr().err

@@ -29,7 +29,7 @@ def temp_prefix(path: Path, pid: int | None = None) -> str:
     return host if pid is None else f"{host}{pid}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,7 +52,7 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
         if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
             continue
         pid = entry.name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             try:
                 os.unlink(entry.path)
                 removed.append(entry.path)
