@@ -11,8 +11,10 @@ that CTC can align it with the audio. Each utterance ends up in exactly one of t
     {split}.report.json    counts per reject reason, resampled/downmixed counts, hours, options
 
 Reject reasons: audio:missing, audio:empty, audio:unreadable, audio:truncated, audio:silent,
-audio:too-short, audio:too-long, transcript:missing, transcript:<TranscriptError reason>
-(empty, digits, latin, unsupported, malformed, ...), ctc-infeasible, duplicate-id.
+audio:too-short, audio:too-long, audio:dangling-symlink, audio:symlink-loop, audio:format-mismatch
+(a RIFF/WAV header in a headerless `.pcm`), transcript:missing, transcript:<TranscriptError reason>
+(empty, digits, latin, unsupported, malformed, ...), ctc-infeasible, duplicate-id, and the listers'
+own: listing:empty-path (tsv), listing:malformed-line (zeroth).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class Candidate:
     audio: str  # absolute path
     text: str | None = None  # raw transcript, when the listing carries it
     text_path: str | None = None  # else: a file holding it (UTF-8 or CP949)
+    meta: dict | None = None  # other columns of a listing, kept in the manifest line as "meta"
+    problem: tuple[str, str] | None = None  # (reason, detail): the lister already knows it is a reject
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ def check_candidate(c: Candidate, manifest_dir: str, options: PrepareOptions) ->
         out.reject = {"id": c.id, "audio": c.audio, "reason": reason, "detail": detail}
         return out
 
+    if c.problem is not None:
+        return reject(*c.problem)
     try:
         wav, info = load_audio_with_info(c.audio)
     except AudioError as err:
@@ -131,6 +137,8 @@ def check_candidate(c: Candidate, manifest_dir: str, options: PrepareOptions) ->
     if is_silent(wav, options.silence_threshold):
         return reject("audio:silent", f"peak amplitude below {options.silence_threshold}")
     entry = {"id": c.id, "audio": audio_field, "num_samples": n, "sample_rate": info.sample_rate}
+    if c.meta:
+        entry["meta"] = dict(c.meta)
     if options.unlabeled:
         out.entry = entry
         return out
