@@ -102,11 +102,13 @@ class CheckpointGapWarning(Callback):
     def __init__(self, periodic: ModelCheckpoint | None, max_minutes: float = DEFAULT_MAX_GAP_MINUTES,
                  probe_steps: int = 20) -> None:
         self.periodic, self.max_minutes, self.probe_steps = periodic, max_minutes, probe_steps
-        self.warned = False
+        self.warned = False  # measured (or warned) once: nothing more to do
+        self.warning: str | None = None  # the warning given, if any
         self._start: tuple[int, float] | None = None
 
     def _warn(self, text: str) -> None:
         self.warned = True
+        self.warning = text
         rank_zero_warn(f"{text}: a crash can lose that much training (warning above --max_checkpoint_gap "
                        f"{self.max_minutes:g} min; lower --checkpoint.every_n_train_steps or set "
                        "--checkpoint.train_time_interval)")
