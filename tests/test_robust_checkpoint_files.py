@@ -208,3 +208,20 @@ def test_ckpt_path_last_looks_in_every_logger_version(tmp_path):
     (old / "last.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="no intact checkpoint"):
         resolve_last(t)
+
+
+def test_finetune_fit_max_checkpoint_gap(tmp_path, corpus, monkeypatch):
+    """README: `kwav2vec finetune fit ... --checkpoint.train_time_interval 2:00:00 --max_checkpoint_gap 30`
+    warns at the start; the periodic checkpoint is still written at the end (last.ckpt, step-N.ckpt)."""
+    from kwav2vec.train_cli import run
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--model.model", "tiny", "--model.model_overrides", '{"encoder_layers": 1}',
+            "--model.syllable_layers", "1", "--data.train_manifest", str(corpus),
+            "--data.max_samples_per_batch", "24000", "--trainer.max_steps", "2", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--checkpoint.dirpath", str(tmp_path / "ck"), "--checkpoint.train_time_interval", "2:00:00",
+            "--max_checkpoint_gap", "30"]
+    with pytest.warns(UserWarning, match="checkpoints every 120 min: a crash can lose that much"):
+        assert run("finetune", argv) == 0
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.ckpt")) == ["last.ckpt", "step-2.ckpt"]
