@@ -131,12 +131,13 @@ def seal(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {**body, INTEGRITY_KEY: {"algorithm": ALGORITHM, "digest": digest, "tensors": tensors}}
 
 
-def verify(blob: Any, origin: str) -> dict[str, Any] | Any:
+def verify(blob: Any, origin: str, foreign: bool = False) -> dict[str, Any] | Any:
     """`blob` without INTEGRITY_KEY if its digest matches; CheckpointError if it does not.
 
-    Returns `blob` unchanged when it carries no digest (a warning is logged once per file)."""
+    Returns `blob` unchanged when it carries no digest (a warning is logged once per file, unless
+    `foreign`: a file of another tool, which never has one)."""
     if not isinstance(blob, dict) or INTEGRITY_KEY not in blob:
-        if origin not in _warned_unsealed:
+        if not foreign and origin not in _warned_unsealed:
             _warned_unsealed.add(origin)
             log.warning("%s: no kwav2vec checksum inside (written by another tool or an older kwav2vec): "
                         "its contents cannot be verified", origin)
@@ -158,12 +159,13 @@ def verify(blob: Any, origin: str) -> dict[str, Any] | Any:
 # ------------------------------------------------------------------------------ reading
 def read_checkpoint(path: str | os.PathLike, expected: str = "a kwav2vec checkpoint (.ckpt)", *,
                     map_location: Any = "cpu", weights_only: bool | None = True, mmap: bool = False,
-                    beside: bool = True) -> Any:
+                    beside: bool = True, foreign: bool = False) -> Any:
     """Reads and verifies one checkpoint file -> its contents (without INTEGRITY_KEY).
 
     Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) for a directory,
     an empty file, a file torch cannot read and a damaged file, each naming `path` and `expected`
-    (and, with `beside`, the newest intact checkpoint in the same folder).
+    (and, with `beside`, the newest intact checkpoint in the same folder). `foreign`: a file another
+    tool wrote (no checksum expected, none warned about).
     """
     name = os.fspath(path)
     if os.path.isdir(name):
@@ -181,7 +183,7 @@ def read_checkpoint(path: str | os.PathLike, expected: str = "a kwav2vec checkpo
         raise CheckpointError(f"{name}: not a readable torch checkpoint (expected {expected}; "
                               f"{type(err).__name__}: {first}){_beside(name, beside)}") from err
     try:
-        return verify(blob, name)
+        return verify(blob, name, foreign)
     except CheckpointError as err:
         raise CheckpointError(f"{err}{_beside(name, beside)}") from None
 
