@@ -197,15 +197,6 @@ def _torch_load(name: str, map_location: Any, weights_only: bool | None, mmap: b
         return torch.load(name, map_location=map_location, weights_only=weights_only)  # legacy format
 
 
-def is_intact(path: str | os.PathLike, weights_only: bool | None = None) -> bool:
-    """Whether `path` reads and verifies (files without a checksum count as intact if they read)."""
-    try:
-        read_checkpoint(path, weights_only=weights_only, mmap=True, beside=False)
-    except (OSError, CheckpointError):
-        return False
-    return True
-
-
 def _candidates(folders: Iterable[str | os.PathLike], exclude: str | None = None) -> list[Path]:
     seen, found = set(), []
     for folder in folders:

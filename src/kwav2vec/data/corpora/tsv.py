@@ -23,7 +23,6 @@ from kwav2vec.data.prepare import Candidate, read_text_file
 
 PATH_NAMES = ("path", "audio", "file", "filename", "wav", "audio_path")
 TEXT_NAMES = ("text", "transcript", "transcription", "sentence")
-HEADER_NAMES = set(PATH_NAMES)  # the old name of PATH_NAMES
 
 
 def _layout(names: Sequence[str], where: str) -> tuple[int, int | None]:
