@@ -1,4 +1,4 @@
-"""The bad-input matrix of issue 8: every row gives a clear error or a counted skip that names the file.
+"""The bad-input matrix of issues 8 and 16: every row gives a clear error or a counted skip that names the file.
 
 Most rows are tested where they are handled, by the data and text streams; `MATRIX` indexes those
 tests (and `test_the_index_points_at_existing_tests` keeps the index honest). Added here: whole
@@ -111,11 +111,60 @@ MATRIX: dict[str, list[str]] = {
         "test_data_manifest.py::test_line_that_is_not_json_names_file_and_line"
     ],
     "manifest pointing outside its root": ["test_data_manifest.py::test_manifest_pointing_outside_its_root"],
+    # ---- rows of issue 16
+    # by column names with a header (others kept as "meta"), exactly two columns without one, else an
+    # error naming the line and suggesting --columns
+    "TSV/CSV with more columns than path and text": [
+        "test_robust_prepare_inputs.py::test_tsv_header_columns_are_found_by_name_and_others_kept_as_metadata",
+        "test_robust_prepare_inputs.py::test_csv_extra_columns_with_a_header_are_not_appended_to_the_transcript",
+        "test_robust_prepare_inputs.py::test_tsv_without_header_and_three_columns_is_an_error_naming_the_line",
+        "test_robust_prepare_inputs.py::test_prepare_tsv_columns",
+    ],
+    # rejects.jsonl "listing:empty-path" naming the listing's line
+    "TSV row with an empty path": ["test_robust_prepare_inputs.py::test_tsv_row_with_an_empty_path_is_a_reject_naming_the_line"],
+    # rejects.jsonl "audio:dangling-symlink" / "audio:symlink-loop"
+    "dangling or looping symlink": ["test_robust_prepare_inputs.py::test_folder_dangling_and_looping_symlinks_are_rejects"],
+    # TAB-separated lines parse; a line without an utterance id is "listing:malformed-line"
+    "Zeroth transcript line separated by a TAB, or malformed": [
+        "test_robust_prepare_inputs.py::test_zeroth_tab_separated_lines_parse_and_malformed_lines_are_rejects",
+    ],
+    # rejects.jsonl "audio:format-mismatch": its 44-byte header is not read as samples
+    "WAV file named .pcm": ["test_robust_prepare_inputs.py::test_ksponspeech_wav_named_pcm_is_a_reject"],
+    # checked against the file at load: skipped as "length-mismatch", the utterance named in the log
+    "manifest num_samples that lies": [
+        "test_robust_prepare_inputs.py::test_a_manifest_entry_whose_num_samples_lies_is_skipped_and_named",
+    ],
+    # no audio / no transcripts / everything rejected: PrepareError with counts, outputs untouched
+    "prepare that accepts nothing": [
+        "test_robust_prepare_inputs.py::test_a_prepare_that_accepts_nothing_leaves_the_previous_outputs_untouched",
+        "test_robust_prepare_inputs.py::test_prepare_corpus_raises_prepare_error",
+    ],
+    # CheckpointError naming the file and the newest intact checkpoint beside it, for every reader
+    "damaged checkpoint (bytes flipped in a tensor)": [
+        "test_robust_fault_injection.py::test_a_damaged_checkpoint_is_refused_by_every_reader",
+        "test_robust_checkpoint_files.py::test_seal_and_verify_round_trip_through_a_file_and_catch_a_changed_value",
+        "test_robust_checkpoint_files.py::test_newest_intact_skips_a_damaged_newer_file",
+    ],
+    # one line naming the file and what was expected
+    "empty file, directory or non-checkpoint given as a checkpoint": [
+        "test_robust_checkpoint_files.py::test_transcribe_evaluate_and_convert_name_a_bad_file_in_one_line",
+        "test_robust_checkpoint_files.py::test_init_from_and_resume_name_a_bad_file",
+    ],
+    # the previous checkpoint stays valid; the error names the file and the intact one beside it
+    "disk full during a checkpoint save": [
+        "test_robust_fault_injection.py::test_a_full_disk_during_a_save_keeps_the_previous_checkpoint",
+        "test_robust_checkpoint.py::test_trainer_saves_go_through_the_atomic_writer",
+    ],
+    # periodic step-N/last saves whatever the monitored metric; resumed runs end bit-identical
+    "run killed before its first validation": [
+        "test_robust_fault_injection.py::test_sigkill_ten_times_and_resume_gives_the_uninterrupted_weights",
+        "test_robust_checkpoint_files.py::test_periodic_saves_happen_before_the_monitored_metric_exists",
+    ],
 }
 
 
 def test_the_index_points_at_existing_tests():
-    assert len(MATRIX) == 13  # the rows of issue 8
+    assert len(MATRIX) == 13 + 11  # the rows of issue 8, then those of issue 16
     for row, refs in MATRIX.items():
         assert refs, row
         for ref in refs:

@@ -8,8 +8,12 @@ Every `__init__` argument of the LightningModule and DataModule is a flag (`--mo
 `--data.max_samples_per_batch`, ...) and a YAML key. Defaults chosen here:
 - logs and checkpoints under `--trainer.default_root_dir` (default runs/<job>/) with the CSV logger; `--trainer.logger WandbLogger` logs to wandb, offline
   unless WANDB_MODE says otherwise (no login needed), `--trainer.logger TensorBoardLogger` too;
-- checkpoints written atomically (temporary file + rename), `last.ckpt` always kept, the best one by
-  `--checkpoint.monitor` (val/cer when fine-tuning, val/loss when pretraining);
+- checkpoints sealed with a checksum and written atomically (temporary file + rename): `step-N.ckpt`
+  and `last.ckpt` on the `--checkpoint.every_n_train_steps` / `train_time_interval` /
+  `every_n_epochs` schedule (default every 10 minutes) whatever the metrics, `best-<metric>-...ckpt`
+  by `--checkpoint.monitor` (val/cer when fine-tuning, val/loss when pretraining) at validation; a
+  warning when saves could be more than `--max_checkpoint_gap` minutes apart; `--ckpt_path last`
+  resumes from the newest checkpoint that verifies (lit/checkpointing.py);
 - `use_distributed_sampler: false`, because our batch sampler shards by rank itself.
 """
 
@@ -20,12 +24,19 @@ import sys
 from typing import Any
 
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from kwav2vec.checkpoints.integrity import CheckpointError
 from kwav2vec.checkpoints.reader import torch_load
 from kwav2vec.lit.checkpoint_io import AtomicCheckpointIO
+from kwav2vec.lit.checkpointing import (
+    DEFAULT_MAX_GAP_MINUTES,
+    CheckpointGapWarning,
+    resolve_last,
+    split_checkpoint_config,
+)
 
 RUNS = "runs"  # default_root_dir is runs/<job>, the default CSV logger's directory too
 # job -> (LightningModule, DataModule, metric that picks the best checkpoint)
@@ -54,6 +65,9 @@ class KWav2VecCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if allowed is None or k in allowed}
 
     def add_arguments_to_parser(self, parser) -> None:
+        # One ModelCheckpoint configuration, split into a periodic and a monitored callback when the
+        # Trainer is built (_instantiate_trainer); filename: of the best checkpoints (default
+        # best-<metric>-<value>-step<N>).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -61,10 +75,31 @@ class KWav2VecCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
-                "checkpoint.filename": "best-{step}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_argument("--max_checkpoint_gap", type=float, default=DEFAULT_MAX_GAP_MINUTES,
+                            help="warn when the checkpoint schedule could leave the run unsaved for longer "
+                                 "than this many minutes")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        # the parsed `--checkpoint` ModelCheckpoint -> PeriodicCheckpoint (+ the monitored one)
+        args = self._get(self.config, "checkpoint", default=None)
+        if args is not None:
+            args = dict(args.get("init_args", args))
+            split = split_checkpoint_config(args)
+            parsed = self._get(self.config_init, "checkpoint", default=None)
+            callbacks = [c for c in callbacks if c is not parsed] + split
+            gap = self._get(self.config, "max_checkpoint_gap", default=DEFAULT_MAX_GAP_MINUTES)
+            callbacks.append(CheckpointGapWarning(split[0], gap))
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # `--ckpt_path last`: the newest checkpoint that verifies, in any version folder of the run
+        config = self.config_init[subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = resolve_last(self.trainer)
+        super()._run_subcommand(subcommand)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning 2.6 reads `--ckpt_path`'s hyper-parameters into the model's config (so `finetune
@@ -151,6 +186,9 @@ def run(job: str, argv: list[str]) -> int:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    except (CheckpointError, FileNotFoundError) as err:  # a checkpoint to resume from: one line naming it
+        print(f"kwav2vec {job}: error: {err}", file=sys.stderr)
+        return 1
     finally:
         sys.argv = saved_argv
     return 0

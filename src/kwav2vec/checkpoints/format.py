@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from kwav2vec.checkpoints.integrity import read_checkpoint, seal
+from kwav2vec.fileio import atomic_torch_save
 from kwav2vec.models.config import Wav2Vec2Config
 from kwav2vec.models.heads import GraphemeHead, SyllableHead
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
@@ -101,29 +102,18 @@ class ConvertedCheckpoint:
 
 
 def save_converted(ckpt: ConvertedCheckpoint, path: str | os.PathLike) -> None:
-    """Writes `ckpt` atomically (temp file + rename): an interrupted conversion leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(ckpt.to_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Writes `ckpt` sealed with its checksum (`integrity.seal`) and atomically (`fileio`): an
+    interrupted conversion or a full disk leaves no half file."""
+    atomic_torch_save(seal(ckpt.to_dict()), path)
+
+
+EXPECTED = "a converted kwav2vec checkpoint (from `kwav2vec convert --from ...`)"
 
 
 def load_converted(path: str | os.PathLike) -> ConvertedCheckpoint:
-    """Reads a file written by `save_converted` (weights_only: no code runs while loading)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"converted checkpoint {path!r} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same explanation
-        raise ValueError(f"{path}: cannot read it as a converted kwav2vec checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    return ConvertedCheckpoint.from_dict(blob, origin=path)
+    """Reads and verifies a file written by `save_converted` (weights_only: no code runs while loading)."""
+    blob = read_checkpoint(path, EXPECTED)
+    return ConvertedCheckpoint.from_dict(blob, origin=os.fspath(path))
 
 
 # ---------------------------------------------------------------- shapes and modules
@@ -164,12 +154,11 @@ def head_module(name: str, head: HeadCheckpoint, cfg: Wav2Vec2Config) -> torch.n
 
 
 # ---------------------------------------------------------------- for trainers starting from a file
-def read_heads(path: str | os.PathLike) -> dict[str, HeadCheckpoint]:
-    """The heads stored in a converted checkpoint; {} for a file of another kind (no error)."""
-    try:
-        blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not ours (or unreadable): the caller's own loader reports it
-        return {}
+def read_heads(path: str | os.PathLike, blob: Any = None) -> dict[str, HeadCheckpoint]:
+    """The heads stored in a converted checkpoint (`blob`: its contents, when already read);
+    {} for a file of another kind. Errors reading it are `read_checkpoint`'s."""
+    if blob is None:
+        blob = read_checkpoint(path, "a converted kwav2vec checkpoint or a Lightning checkpoint", mmap=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
         return {}
     return ConvertedCheckpoint.from_dict(blob, origin=os.fspath(path)).heads

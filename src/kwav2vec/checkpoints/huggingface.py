@@ -31,6 +31,7 @@ from kwav2vec.checkpoints.format import (
     backbone_shapes,
     fresh_mask_emb,
 )
+from kwav2vec.checkpoints.integrity import read_checkpoint
 from kwav2vec.checkpoints.renames import hf_key
 from kwav2vec.checkpoints.statedict import SourceState, gather
 from kwav2vec.checkpoints.vocab_map import (
@@ -80,7 +81,7 @@ def _load_weight_file(path: str) -> dict[str, torch.Tensor]:
         except ImportError as e:  # listed under the dev extra; plain installs may lack it
             raise ImportError(f"reading {path} needs the safetensors package: pip install safetensors") from e
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path, "a Hugging Face weight file (pytorch_model.bin)", foreign=True, beside=False)
 
 
 def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:

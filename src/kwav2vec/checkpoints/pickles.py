@@ -81,6 +81,8 @@ def load_foreign(path: str | os.PathLike, expected: str) -> Any:
         raise ValueError(f"{path}: is a directory, expected {expected}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (expected {expected})")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), expected {expected}")
     names: set[str] = set()
     try:
         names.update(torch.serialization.get_unsafe_globals_in_checkpoint(path))

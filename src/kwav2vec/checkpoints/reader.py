@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kwav2vec.checkpoints.format import FORMAT_NAME, ConvertedCheckpoint, HeadCheckpoint
+from kwav2vec.checkpoints.integrity import read_checkpoint
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.text.vocab import Vocabulary
 
@@ -29,40 +30,29 @@ HEAD_PREFIXES = {"grapheme": "grapheme_head.", "syllable": "syllable_head."}
 
 
 def torch_load(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any:
-    """`torch.load(path, weights_only=True)` on the CPU with errors that name the file and say what
-    was expected instead of torch's own (EOFError, "Please file an issue", ...)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, expected a {what} file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{path}: is empty (0 bytes), expected a {what} file")
+    """The contents of one of our model files, read and verified by `integrity.read_checkpoint`
+    (weights_only, on the CPU): a missing, empty, unreadable or damaged file, or a directory, gets
+    one line naming it and saying a `what` was expected (instead of torch's EOFError, "Please file
+    an issue", ...)."""
+    return read_checkpoint(path, f"a {what}", mmap=mmap)
+
+
+def backbone_from_blob(blob: Any, origin: str) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+    """(config, state_dict) of the contents of a backbone file (see `read_backbone_checkpoint`)."""
+    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
+        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{origin}: expected a dict with keys 'config' and 'state_dict', found {found}")
     try:
-        if mmap:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files too
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one explanation naming it
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {first})") from e
+        cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{origin}: invalid 'config': {e}") from e
+    return cfg, blob["state_dict"]
 
 
 def read_backbone_checkpoint(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
     """Reads a backbone file written by our importers: a dict with "config" (Wav2Vec2Config fields)
     and "state_dict" (our module names). Returns (config, state_dict)."""
-    blob = torch_load(path, "backbone checkpoint")
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{os.fspath(path)}: expected a dict with keys 'config' and 'state_dict', found {found}")
-    try:
-        cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{os.fspath(path)}: invalid 'config': {e}") from e
-    return cfg, blob["state_dict"]
+    return backbone_from_blob(torch_load(path, "backbone checkpoint"), os.fspath(path))
 
 
 def is_lightning_checkpoint(blob: Any) -> bool:

@@ -11,6 +11,7 @@ torchaudio's windowed-sinc resampler; several channels are averaged to mono.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ PCM_SUFFIXES = (".pcm", ".raw")
 
 
 class AudioError(ValueError):
-    """An audio file could not be used. `reason` is one of: missing, empty, unreadable, truncated."""
+    """An audio file could not be used. `reason` is one of: missing, empty, unreadable, truncated,
+    dangling-symlink, symlink-loop, format-mismatch (a WAV file named `.pcm`)."""
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
         self.path = str(path)
@@ -63,13 +65,22 @@ def load_audio_with_info(
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            raise AudioError(path, "dangling-symlink", f"symbolic link to {os.readlink(path)}, which does not exist") from None
         raise AudioError(path, "missing", "no such file") from None
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise AudioError(path, "symlink-loop", "symbolic links that point at each other in a loop") from None
         raise AudioError(path, "unreadable", str(err)) from None
     if size == 0:
         raise AudioError(path, "empty", "file has 0 bytes")
 
     if path.suffix.lower() in PCM_SUFFIXES:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":  # its 44-byte header would be read as samples
+            raise AudioError(path, "format-mismatch", "a RIFF/WAVE header in a headerless .pcm file: it is a WAV "
+                             "file, rename it .wav")
         samples, rate, channels = _read_pcm(path, size), PCM_SAMPLE_RATE, 1
     else:
         samples, rate, channels = _read_soundfile(path)

@@ -5,6 +5,10 @@ Filtering happens once, at construction, from the manifest alone (no audio is re
 the conv front end, too long, and (fine-tuning) targets the audio cannot carry under CTC. Every
 filtered utterance is counted by reason in `filtered` and summarised in the log.
 
+A file whose length disagrees with its manifest line's `num_samples` by more than
+`LENGTH_TOLERANCE` (a hand-written or stale manifest: batches were sized and CTC feasibility judged
+by the wrong length) is skipped the same way, as "length-mismatch", naming both lengths.
+
 A file that fails to load while training is not fatal: `__getitem__` returns a `SkippedItem` that
 names the file and the reason, the collate function drops it and lists it under the batch's
 `skipped` key, and `ResumableDataLoader` logs and counts it in the main process (worker processes
@@ -35,6 +39,9 @@ log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = 320  # samples, 20 ms at 16 kHz: the conv feature encoder's total stride
 RECEPTIVE_FIELD = 400  # samples, 25 ms: the standard conv stack's receptive field (one frame)
+# samples a file may differ from its manifest's num_samples: one frame, room for another resampler's
+# rounding in a manifest `kwav2vec prepare` did not write (prepare's own lengths are exact)
+LENGTH_TOLERANCE = SAMPLES_PER_FRAME
 
 
 class Encoder(Protocol):
@@ -50,7 +57,7 @@ class SkippedItem:
     index: int
     id: str
     path: str
-    reason: str  # AudioError.reason: missing, empty, unreadable, truncated
+    reason: str  # AudioError.reason (missing, empty, unreadable, truncated, ...) or length-mismatch
     detail: str
 
     def as_dict(self) -> dict:
@@ -154,6 +161,11 @@ class AudioDataset(Dataset):
             self.skipped[err.reason] += 1
             log.debug("%s: skipping %s (%s): %s", self.name, entry.id, err.path, err)
             return SkippedItem(index, entry.id, err.path, err.reason, err.detail)
+        if abs(len(wav) - entry.num_samples) > LENGTH_TOLERANCE:
+            self.skipped["length-mismatch"] += 1
+            return SkippedItem(index, entry.id, entry.path, "length-mismatch",
+                               f"the manifest says num_samples {entry.num_samples}, the file has {len(wav)} samples "
+                               "at 16 kHz; re-run `kwav2vec prepare` to write the true lengths")
         if self.crop and self.max_sample_size is not None and len(wav) > self.max_sample_size:
             rng = np.random.default_rng([self.seed, epoch, index])
             start = int(rng.integers(0, len(wav) - self.max_sample_size + 1))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kwav2vec.data.audio import SAMPLE_RATE
+from kwav2vec.fileio import atomic_open
 
 GRAPHEME_VOCAB_FILE = "vocab_grapheme.json"  # vocabularies live beside the training manifest
 SYLLABLE_VOCAB_FILE = "vocab_syllable.json"
@@ -149,16 +150,12 @@ def manifest_audio_path(audio_path: str | os.PathLike, manifest_dir: str | os.Pa
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry | dict]) -> int:
-    """Write entries as JSONL (UTF-8, Korean unescaped) through a temporary file and a rename, so a
-    reader never sees half a manifest. Returns the number of lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Write entries as JSONL (UTF-8, Korean unescaped) atomically (`kwav2vec.fileio`), so a reader
+    never sees half a manifest. Returns the number of lines."""
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         for entry in entries:
             obj = entry.to_json() if isinstance(entry, ManifestEntry) else entry
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count

@@ -11,8 +11,10 @@ that CTC can align it with the audio. Each utterance ends up in exactly one of t
     {split}.report.json    counts per reject reason, resampled/downmixed counts, hours, options
 
 Reject reasons: audio:missing, audio:empty, audio:unreadable, audio:truncated, audio:silent,
-audio:too-short, audio:too-long, transcript:missing, transcript:<TranscriptError reason>
-(empty, digits, latin, unsupported, malformed, ...), ctc-infeasible, duplicate-id.
+audio:too-short, audio:too-long, audio:dangling-symlink, audio:symlink-loop, audio:format-mismatch
+(a RIFF/WAV header in a headerless `.pcm`), transcript:missing, transcript:<TranscriptError reason>
+(empty, digits, latin, unsupported, malformed, ...), ctc-infeasible, duplicate-id, and the listers'
+own: listing:empty-path (tsv), listing:malformed-line (zeroth).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +42,7 @@ from kwav2vec.data.manifest import (
     manifest_audio_path,
     write_manifest,
 )
+from kwav2vec.fileio import atomic_write_text, fsync_dir, pid_alive
 from kwav2vec.text.hangul import MODERN_JAMO
 from kwav2vec.text.normalize import NormalizerConfig, TranscriptError, normalize
 from kwav2vec.text.vocab import Vocabulary
@@ -56,6 +60,8 @@ class Candidate:
     audio: str  # absolute path
     text: str | None = None  # raw transcript, when the listing carries it
     text_path: str | None = None  # else: a file holding it (UTF-8 or CP949)
+    meta: dict | None = None  # other columns of a listing, kept in the manifest line as "meta"
+    problem: tuple[str, str] | None = None  # (reason, detail): the lister already knows it is a reject
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ def check_candidate(c: Candidate, manifest_dir: str, options: PrepareOptions) ->
         out.reject = {"id": c.id, "audio": c.audio, "reason": reason, "detail": detail}
         return out
 
+    if c.problem is not None:
+        return reject(*c.problem)
     try:
         wav, info = load_audio_with_info(c.audio)
     except AudioError as err:
@@ -129,6 +137,8 @@ def check_candidate(c: Candidate, manifest_dir: str, options: PrepareOptions) ->
     if is_silent(wav, options.silence_threshold):
         return reject("audio:silent", f"peak amplitude below {options.silence_threshold}")
     entry = {"id": c.id, "audio": audio_field, "num_samples": n, "sample_rate": info.sample_rate}
+    if c.meta:
+        entry["meta"] = dict(c.meta)
     if options.unlabeled:
         out.entry = entry
         return out
@@ -189,11 +199,53 @@ class PrepareReport:
         return "\n".join(lines)
 
 
+class PrepareError(ValueError):
+    """Preparation that found nothing to write; nothing was written (previous outputs untouched)."""
+
+
+def _failure(corpus: str, split: str, source: str, out_dir: Path, total: int, rejects: list[dict]) -> PrepareError:
+    """What a preparation that accepts nothing found, with counts and a few examples."""
+    untouched = f"nothing written, the outputs in {out_dir} are as they were"
+    if total == 0:
+        return PrepareError(f"{corpus} {split}: no audio found in {source}: no utterance listed ({untouched})")
+    reasons = Counter(r["reason"] for r in rejects)
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+    examples = "; ".join(f"{r['id']}: {r['reason']} ({r['detail']})" for r in rejects[:3])
+    if set(reasons) == {"transcript:missing"}:
+        return PrepareError(f"{corpus} {split}: no transcripts: none of the {total} audio files in {source} has one "
+                            f"(e.g. {examples}); for an audio-only manifest use --unlabeled ({untouched})")
+    if all(r.startswith("audio:missing") for r in reasons):
+        return PrepareError(f"{corpus} {split}: no audio found in {source}: the {total} listed files are missing "
+                            f"(e.g. {examples}) ({untouched})")
+    return PrepareError(f"{corpus} {split}: all {total} utterances in {source} were rejected ({counts}; e.g. "
+                        f"{examples}) ({untouched})")
+
+
+def _staging_dir(out_dir: Path, split: str) -> Path:
+    """A fresh `.{split}.staging-<pid>` folder in `out_dir`; those of killed runs are removed."""
+    prefix = f".{split}.staging-"
+    for old in out_dir.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = out_dir / f"{prefix}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
 def prepare_corpus(
     candidates: Iterable[Candidate], out_dir: str | os.PathLike, split: str, options: PrepareOptions,
     *, corpus: str, source: str,
 ) -> PrepareReport:
-    """Check every candidate and write manifest, rejects, report (and vocabularies, fairseq files)."""
+    """Check every candidate and write manifest, rejects, report (and vocabularies, fairseq files).
+
+    All of a split's outputs are written to a staging folder inside `out_dir` and moved into place
+    (one `os.replace` each) only when everything was written; the manifest goes last, so a reader
+    that sees the new manifest sees the new vocabularies too. When nothing is accepted (no audio
+    found, no transcripts, everything rejected) PrepareError says what was found, with counts, and
+    nothing in `out_dir` changes.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     candidates = list(candidates)
@@ -215,11 +267,27 @@ def prepare_corpus(
             accepted.append(outcome.entry)
         else:
             rejects.append(outcome.reject)
+    if not accepted:
+        raise _failure(corpus, split, str(source), out_dir, len(candidates), rejects)
 
-    write_manifest(manifest_path, accepted)
-    rejects_path = out_dir / f"{split}.rejects.jsonl"
-    write_manifest(rejects_path, rejects)
-    report.files += [str(manifest_path), str(rejects_path)]
+    staging = _staging_dir(out_dir, split)
+    try:
+        written = _write_outputs(staging, out_dir, split, options, report, accepted, rejects, notes)
+        # manifest last: its presence means the rest of this run's files are in place
+        for name in sorted(written, key=lambda n: n == manifest_path.name):
+            os.replace(staging / name, out_dir / name)
+        fsync_dir(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _write_outputs(staging: Path, out_dir: Path, split: str, options: PrepareOptions, report: PrepareReport,
+                   accepted: list[dict], rejects: list[dict], notes: Counter[str]) -> list[str]:
+    """Writes every output into `staging` (report.files names their final places); returns the names."""
+    names = [f"{split}.jsonl", f"{split}.rejects.jsonl"]
+    write_manifest(staging / names[0], accepted)
+    write_manifest(staging / names[1], rejects)
     report.accepted, report.rejected = len(accepted), len(rejects)
     report.hours = sum(e["num_samples"] for e in accepted) / SAMPLE_RATE / 3600
     report.rejects_by_reason = dict(sorted(Counter(r["reason"] for r in rejects).items()))
@@ -227,24 +295,21 @@ def prepare_corpus(
 
     build_vocab = options.build_vocab if options.build_vocab is not None else split == "train"
     if build_vocab and not options.unlabeled:
-        if not accepted:
-            raise ValueError(f"no accepted utterances in {split}: cannot build vocabularies")
-        for path, vocab in zip((GRAPHEME_VOCAB_FILE, SYLLABLE_VOCAB_FILE),
+        for name, vocab in zip((GRAPHEME_VOCAB_FILE, SYLLABLE_VOCAB_FILE),
                                build_vocabularies([e["norm"] for e in accepted], options.vocab_min_count), strict=True):
-            vocab.save(out_dir / path)
+            vocab.save(staging / name)
             report.vocab[vocab.kind] = len(vocab)
-            report.files.append(str(out_dir / path))
+            names.append(name)
     if options.fairseq:
         entries = [ManifestEntry(e["id"], e["audio"], e["num_samples"], e["sample_rate"], e.get("text"),
                                  e.get("norm"), path=os.path.join(out_dir, e["audio"])) for e in accepted]
-        root = os.path.commonpath([e.path for e in entries]) if entries else str(out_dir)
+        root = os.path.commonpath([e.path for e in entries])
         root = root if os.path.isdir(root) else os.path.dirname(root)
-        report.files += [str(p) for p in write_fairseq_manifest(entries, out_dir, split, root=root)]
-
-    report_path = out_dir / f"{split}.report.json"
-    report.files.append(str(report_path))
-    report_path.write_text(json.dumps(asdict(report), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return report
+        names += [Path(p).name for p in write_fairseq_manifest(entries, staging, split, root=root)]
+    names.append(f"{split}.report.json")
+    report.files = [str(out_dir / n) for n in names]
+    atomic_write_text(staging / names[-1], json.dumps(asdict(report), ensure_ascii=False, indent=1) + "\n")
+    return names
 
 
 def build_vocabularies(texts: Sequence[str], min_count: int = 1) -> tuple[Vocabulary, Vocabulary]:

@@ -5,6 +5,7 @@
     kwav2vec prepare zeroth /data/zeroth_korean --out data/zeroth --split test
     kwav2vec prepare folder my_recordings/ --out data/mine
     kwav2vec prepare tsv list.tsv --out data/mine --split dev
+    kwav2vec prepare tsv list.tsv --out data/mine --columns path,text,speaker   (a listing without a header)
     kwav2vec prepare fairseq manifests/train.tsv --out data/imported      (reads .wrd or .ltr beside it)
 """
 
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trn", help="ksponspeech: a .trn script list (`path :: text`) instead of the .txt files")
     p.add_argument("--audio-root", help="tsv: folder relative paths are relative to (default: the listing's)")
     p.add_argument("--delimiter", help="tsv: column separator (default: tab, comma for .csv)")
+    p.add_argument("--columns", help="tsv: names of the columns of a listing without a header row, e.g. "
+                   "path,text,speaker (path/audio = the audio, text/transcript = the transcript, others are "
+                   "kept as metadata)")
     p.add_argument("--unlabeled", action="store_true", help="audio only (pretraining); transcripts are ignored")
     t = p.add_argument_group("transcripts")
     t.add_argument("--form", choices=("phonetic", "spelling"), default="phonetic",
@@ -65,7 +69,7 @@ def main(argv: list[str]) -> int:
     from kwav2vec.data.corpora.kspon import ksponspeech_candidates
     from kwav2vec.data.corpora.tsv import tsv_candidates
     from kwav2vec.data.fairseq_manifest import read_fairseq_manifest
-    from kwav2vec.data.prepare import Candidate, PrepareOptions, prepare_corpus
+    from kwav2vec.data.prepare import Candidate, PrepareError, PrepareOptions, prepare_corpus
     from kwav2vec.text.normalize import NormalizerConfig
 
     src = Path(args.src)
@@ -97,15 +101,15 @@ def main(argv: list[str]) -> int:
         elif args.corpus == "folder":
             candidates = folder_candidates(src)
         elif args.corpus == "tsv":
-            candidates = tsv_candidates(src, args.audio_root, args.delimiter)
+            candidates = tsv_candidates(src, args.audio_root, args.delimiter, args.columns)
         else:
             candidates = [Candidate(e.id, e.path, text=e.text) for e in read_fairseq_manifest(src)]
         report = prepare_corpus(candidates, args.out, args.split, options, corpus=args.corpus, source=str(src))
+    except PrepareError as err:  # nothing accepted: nothing written
+        print(f"kwav2vec prepare: {err}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:
         print(f"kwav2vec prepare: {err}", file=sys.stderr)
         return 2
     print(report.summary())
-    if report.total == 0:
-        print(f"kwav2vec prepare: no utterances found in {src}", file=sys.stderr)
-        return 1
     return 0

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from kwav2vec.checkpoints.reader import torch_load
 from kwav2vec.data.audio import SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
@@ -342,12 +341,23 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*invalid value encountered in divide.*")
 
 
+FINETUNER_EXPECTED = "a HierarchicalFineTuner checkpoint (.ckpt) from `kwav2vec finetune fit`"
+
+
 def load_finetuner(path: str):
-    """`HierarchicalFineTuner.load_from_checkpoint(path)` on the CPU, in eval mode, with a clear error
-    for a missing file or a checkpoint of something else."""
+    """`HierarchicalFineTuner.load_from_checkpoint(path)` on the CPU, in eval mode, after
+    `read_checkpoint` verified the file: a missing, empty, unreadable or damaged file, a directory
+    or a checkpoint of something else gets one line naming it."""
+    from kwav2vec.checkpoints.integrity import read_checkpoint
     from kwav2vec.lit.finetune import HierarchicalFineTuner
 
-    torch_load(path, "HierarchicalFineTuner checkpoint", mmap=True)  # names an empty, foreign or missing file
+    # mmap: the verification reads the pages Lightning's loader then finds in the page cache
+    blob = read_checkpoint(path, FINETUNER_EXPECTED, mmap=True)
+    if not (isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob):
+        found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
+        raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint (expected {FINETUNER_EXPECTED}; "
+                         f"found {found})")
+    del blob
     try:
         model = HierarchicalFineTuner.load_from_checkpoint(path, map_location="cpu")
     except (KeyError, TypeError, RuntimeError, ValueError) as err:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
 
+from kwav2vec.fileio import atomic_open, atomic_write_text
 from kwav2vec.metrics import cer, jamo_error_rate, normalize_for_scoring, oov_recovery_counts, swer, wer
 
 TSV_COLUMNS = ("id", "ref", "hyp", "char_errors", "ref_chars")
@@ -49,15 +50,13 @@ def scored_rows(ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) ->
 
 
 def write_tsv(path: str | os.PathLike, rows: Sequence[Row]) -> None:
-    """Write the per-utterance TSV through a temporary file and a rename. Tabs and line breaks
-    inside an id (the only field that can hold them) are written as spaces."""
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    """Write the per-utterance TSV atomically (`kwav2vec.fileio`). Tabs and line breaks inside an id
+    (the only field that can hold them) are written as spaces."""
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(TSV_COLUMNS) + "\n")
         for r in rows:
             uid = " ".join(r.id.replace("\t", " ").splitlines())
             f.write(f"{uid}\t{r.ref}\t{r.hyp}\t{r.char_errors}\t{r.ref_chars}\n")
-    os.replace(tmp, path)
 
 
 def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -99,11 +98,8 @@ def metrics_summary(rows: Sequence[Row], known_syllables: Collection[str]) -> di
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomically (`kwav2vec.fileio`); NaN is refused (not JSON)."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
 def _percent(value: float | None) -> str:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -23,9 +22,9 @@ from rapidfuzz.distance import Levenshtein
 
 from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights, read_heads
 from kwav2vec.checkpoints.reader import (
+    backbone_from_blob,
     is_lightning_checkpoint,
     lightning_backbone,
-    read_backbone_checkpoint,
     torch_load,
 )
 from kwav2vec.decoding.greedy import greedy_decode
@@ -63,23 +62,30 @@ def _as_vocabulary(value: str | os.PathLike | dict | Vocabulary | None, kind: st
     return vocab
 
 
-def read_init_checkpoint(
-    path: str | os.PathLike,
-) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor] | None]:
-    """What `init_from` accepts -> (backbone config, backbone state dict or None).
+class InitCheckpoint(NamedTuple):
+    """What `init_from` holds, read (and verified) once."""
 
-    - a converted backbone file from our importers ({"config", "state_dict"}): returns its config and
-      None (`load_init_weights` hands the file itself to the Pretrainer's loader);
+    config: Wav2Vec2Config
+    state_dict: dict[str, torch.Tensor]  # the backbone's, our module names
+    heads: dict[str, HeadCheckpoint]  # stored heads of a converted K-wav2vec checkpoint, else {}
+
+
+def read_init_checkpoint(path: str | os.PathLike) -> InitCheckpoint:
+    """What `init_from` accepts -> (backbone config, backbone state dict, stored heads).
+
+    - a converted backbone file from our importers ({"config", "state_dict"}[, "heads"]);
     - a Lightning checkpoint of our `Pretrainer` (backbone under "model.") or of a
-      `HierarchicalFineTuner` (backbone under "backbone."): config and the backbone's weights.
+      `HierarchicalFineTuner` (backbone under "backbone."); its heads are not reused.
+    The file is read once, by `read_checkpoint` (through `torch_load`): missing, empty, unreadable or
+    damaged files are refused with one line naming them.
     """
     path = os.fspath(path)
     blob = torch_load(path, "init_from checkpoint", mmap=True)  # mmap: no copy in RAM
     if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
-        cfg, _ = read_backbone_checkpoint(path)
-        return cfg, None
+        cfg, state = backbone_from_blob(blob, path)
+        return InitCheckpoint(cfg, state, read_heads(path, blob))
     if is_lightning_checkpoint(blob):
-        return lightning_backbone(blob, path)
+        return InitCheckpoint(*lightning_backbone(blob, path), {})
     found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
     raise ValueError(
         f"{path}: neither a backbone file ({{'config', 'state_dict'}}) nor a Lightning checkpoint of the "
@@ -87,27 +93,12 @@ def read_init_checkpoint(
     )
 
 
-def load_init_weights(
-    model: Wav2Vec2Model,
-    path: str | os.PathLike,
-    init: tuple[Wav2Vec2Config, dict[str, torch.Tensor] | None] | None = None,
-) -> None:
+def load_init_weights(model: Wav2Vec2Model, path: str | os.PathLike, init: InitCheckpoint | None = None) -> None:
     """Loads `path` into `model` through the Pretrainer's `load_backbone_weights`, where the
     architecture and key checks live. `init` is what `read_init_checkpoint(path)` returned (saves
-    reading the file twice). A Lightning checkpoint's backbone is first written as a backbone file to
-    a temporary folder, so the same checks apply to it."""
-    path = os.fspath(path)
-    cfg, state = init if init is not None else read_init_checkpoint(path)
-    if state is None:
-        load_backbone_weights(model, path)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = os.path.join(tmp, "backbone.pt")
-        torch.save({"config": cfg.to_dict(), "state_dict": state}, converted)
-        try:
-            load_backbone_weights(model, converted)
-        except ValueError as e:
-            raise ValueError(str(e).replace(converted, path)) from None
+    reading the file twice)."""
+    init = init if init is not None else read_init_checkpoint(path)
+    load_backbone_weights(model, path, (init.config, init.state_dict))
 
 
 def edit_counts(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
@@ -257,12 +248,11 @@ class HierarchicalFineTuner(pl.LightningModule):
         self.save_hyperparameters()
         self.heads_used = tuple(h for h in HEADS if (mtl_weight > 0 if h == "syllable" else mtl_weight < 1))
 
-        init = None
+        init = read_init_checkpoint(init_from) if init_from is not None else None
         if backbone_config is not None:
             cfg = Wav2Vec2Config.from_dict(dict(backbone_config))
-        elif init_from is not None:
-            init = read_init_checkpoint(init_from)
-            cfg = init[0]
+        elif init is not None:
+            cfg = init.config
         else:
             cfg = preset(model)
         cfg = cfg.replace(**dict(model_overrides or {}))
@@ -286,7 +276,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         self._stored_heads: dict[str, HeadCheckpoint] = {}
         self._vocab_from_init: set[str] = set()  # kinds whose vocabulary came from a stored head
         if init_from is not None and init_heads:
-            self._stored_heads = {h: s for h, s in read_heads(init_from).items() if h in self.heads_used}
+            self._stored_heads = {h: s for h, s in init.heads.items() if h in self.heads_used}
         self._adopt_stored_heads()
         self.grapheme_head: GraphemeHead | None = None
         self.syllable_head: SyllableHead | None = None

@@ -18,7 +18,7 @@ import torch
 from kwav2vec.checkpoints.reader import read_backbone_checkpoint
 from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.schedules import polynomial_decay_schedule
-from kwav2vec.models.config import preset
+from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.losses import pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 
@@ -41,14 +41,19 @@ ARCHITECTURE_FIELDS = (
 )
 
 
-def load_backbone_weights(model: Wav2Vec2Model, path: str | os.PathLike) -> list[str]:
-    """Loads backbone weights from `path` into `model` (in place).
+def load_backbone_weights(
+    model: Wav2Vec2Model,
+    path: str | os.PathLike,
+    backbone: tuple[Wav2Vec2Config, dict[str, torch.Tensor]] | None = None,
+) -> list[str]:
+    """Loads backbone weights from `path` into `model` (in place); `backbone`: the (config, state
+    dict) already read from it (`path` then only names it in messages).
 
     The file's architecture fields must equal the model's. Every model parameter must be in the file,
     except the pretraining-only modules (quantizer, project_q, final_proj), which keep their
     initialisation when absent. Unknown keys in the file are an error. Returns the keys left missing.
     """
-    cfg, state = read_backbone_checkpoint(path)
+    cfg, state = backbone if backbone is not None else read_backbone_checkpoint(path)
     diff = {f: (getattr(cfg, f), getattr(model.cfg, f)) for f in ARCHITECTURE_FIELDS
             if getattr(cfg, f) != getattr(model.cfg, f)}
     if diff:
@@ -105,14 +110,14 @@ class Pretrainer(pl.LightningModule):
         self.save_hyperparameters()
         overrides = dict(model_overrides or {})
         if init_from is not None:
-            cfg, _ = read_backbone_checkpoint(init_from)
-            cfg = cfg.replace(**overrides) if overrides else cfg
+            backbone = read_backbone_checkpoint(init_from)  # read (and verified) once
+            cfg = backbone[0].replace(**overrides) if overrides else backbone[0]
         else:
             cfg = preset(model, **overrides)
         self.config = cfg
         self.model = Wav2Vec2Model(cfg)
         if init_from is not None:
-            load_backbone_weights(self.model, init_from)
+            load_backbone_weights(self.model, init_from, backbone)
         self._collapsed_checks = 0  # consecutive collapse checks that found the codebook collapsed
 
     # ------------------------------------------------------------------ steps

@@ -215,9 +215,9 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> None:
         """Write JSON (UTF-8, characters unescaped so the file is readable)."""
-        Path(path).write_text(
-            json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-        )
+        from kwav2vec.fileio import atomic_write_text  # (text/ imports nothing else of kwav2vec at load)
+
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

@@ -6,6 +6,10 @@ lines `<utterance_id> <transcript>`; audio is `<utterance_id>.flac` beside it.
 
 Split "train" / "test" selects `train_data_01` / `test_data_01` when SRC holds them; otherwise (or
 for any other split name) every `.trans.txt` under SRC is read.
+
+The id and the transcript may be separated by any whitespace (some copies use a TAB). A line whose
+first word is not an utterance id of its file (`<speaker>_<chapter>_...` for `<speaker>_<chapter>.trans.txt`)
+becomes a reject, "listing:malformed-line", naming the file and line.
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ def zeroth_candidates(src: str | os.PathLike, split: str = "train") -> Iterator[
         src = src / f"{split}_data_01"
     for trans in sorted(src.rglob("*.trans.txt")):
         text, _ = read_text_file(trans)
-        for line in text.splitlines():
+        prefix = trans.name[: -len(".trans.txt")] + "_"
+        for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            uid, _, transcript = line.strip().partition(" ")
-            if not transcript.strip():
-                # Keep it: the preparer rejects it as transcript:missing, so it is counted.
-                yield Candidate(uid, str((trans.parent / f"{uid}.flac").absolute()))
+            uid, *rest = line.split(maxsplit=1)
+            transcript = rest[0] if rest else None
+            if not uid.startswith(prefix):
+                yield Candidate(f"{trans.name}:{lineno}", str(trans.absolute()), problem=(
+                    "listing:malformed-line",
+                    f"{trans}:{lineno}: expected '<utterance id> <transcript>' with an id starting {prefix!r}, "
+                    f"got {line.strip()[:60]!r}"))
                 continue
+            # without a transcript it is kept: the preparer rejects it as transcript:missing, so it is counted
             yield Candidate(uid, str((trans.parent / f"{uid}.flac").absolute()), text=transcript)
