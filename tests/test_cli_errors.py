@@ -73,7 +73,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_by_every_reader(work, capsys, 
         torch.save({"weights": torch.zeros(2)}, path)
     else:
         path.write_text("not a checkpoint")
-    expected = {"empty": "is empty (0 bytes)", "directory": "is a directory", "foreign": "checkpoint",
+    expected = {"empty": "empty file (0 bytes)", "directory": "is a directory", "foreign": "checkpoint",
                 "text": "not a readable"}[kind]
     audio = str(next((REPO / "data/demo/audio/test").iterdir()))
     manifest = str(REPO / "data/demo/test.jsonl")
