@@ -138,6 +138,7 @@ def test_the_training_command_installs_the_atomic_writer(tmp_path, monkeypatch):
     from kwav2vec.train_cli import KWav2VecCLI
 
     monkeypatch.setattr(sys, "argv", ["kwav2vec pretrain"])
+    (tmp_path / "train.jsonl").write_text("")  # the datamodule checks that its manifests exist
     cli = KWav2VecCLI(
         Pretrainer,
         PretrainDataModule,
