@@ -61,12 +61,15 @@ class NBest:
         ]
 
 
-def _merge(keys: Tensor, scores: Tensor, vscores: Tensor, limit: int, prune: float) -> tuple[Tensor, Tensor, Tensor]:
+def _merge(
+    keys: Tensor, scores: Tensor, vscores: Tensor, limit: int, prune: float, *, ranked: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """Merge equal keys per row, prune, keep the best `limit`.
 
     keys, scores, vscores: (R, N) candidate keys, summed-path scores, best-path scores.
-    Returns (R, K) merged scores (best first, -inf where absent), their best-path scores, and the
-    index (into N) of the candidate that carries each merged beam's best path.
+    Returns (R, K) merged scores (-inf where absent; best first if `ranked` or if more than
+    `limit` had to be chosen), their best-path scores, and the index (into N) of the candidate
+    that carries each merged beam's best path. K is as small as the row with most beams allows.
     """
     R, N = keys.shape
     device = keys.device
@@ -77,45 +80,52 @@ def _merge(keys: Tensor, scores: Tensor, vscores: Tensor, limit: int, prune: flo
     head[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
     segment = (head.cumsum(1) - 1 + torch.arange(R, device=device)[:, None] * N).reshape(-1)  # (R·N,)
     peak = torch.full((R * N,), NEG_INF, dtype=s.dtype, device=device).scatter_reduce(0, segment, s, "amax")
-    safe = torch.where(torch.isfinite(peak), peak, 0.0)
+    safe = peak.clamp_min(torch.finfo(s.dtype).min)  # empty segments: no -inf - -inf
     total = torch.zeros_like(peak).scatter_add_(0, segment, (s - safe[segment]).exp())
     merged = (total.log() + safe).view(R, N)  # empty segments: log 0 = -inf
     best_path = torch.full_like(peak, NEG_INF).scatter_reduce(0, segment, v, "amax")
-    position = torch.arange(N, device=device).repeat(R)
-    carrier = torch.full((R * N,), N, dtype=torch.long, device=device).scatter_reduce(
-        0, segment, torch.where(v == best_path[segment], position, N), "amin"
+    position = torch.arange(R * N, device=device)
+    carrier = torch.full((R * N,), R * N, dtype=torch.long, device=device).scatter_reduce(
+        0, segment, torch.where(v == best_path[segment], position, R * N), "amin"
     )
     if prune > NEG_INF:
         merged = merged.masked_fill(merged < merged.amax(1, keepdim=True) + prune, NEG_INF)
-    top, index = merged.topk(min(limit, N), dim=1)
-    carrier = carrier.view(R, N).gather(1, index).clamp_max(N - 1)
+    segments = int(head.sum(1).max())  # merged beams sit at the front of each row
+    if segments <= limit and not ranked:  # everything fits: no ranking (order only matters at the end)
+        top, index = merged[:, :segments], torch.arange(segments, device=device).expand(R, segments)
+    else:
+        top, index = merged.topk(min(limit, N), dim=1)
+        live = max(int((top > NEG_INF).sum(1).max()), 1)
+        top, index = top[:, :live], index[:, :live]
+    carrier = carrier.view(R, N).gather(1, index).clamp_max(R * N - 1) % N
     return top, best_path.view(R, N).gather(1, index), perm.gather(1, carrier)
+
+
+def _compact(keep: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """The kept entries of each row of (..., T), moved to the front: (..., L) padded with -1, and counts."""
+    lengths = keep.sum(-1)
+    L = int(lengths.max()) if lengths.numel() else 0
+    slot = torch.where(keep, keep.cumsum(-1) - 1, L)  # dropped entries go to a spare column
+    out = torch.full((*values.shape[:-1], L + 1), -1, dtype=torch.long, device=values.device)
+    out.scatter_(-1, slot, torch.where(keep, values, -1))
+    return out[..., :L], lengths
 
 
 def _collapse(alignment: Tensor, blank_id: int, space_id: int | None) -> tuple[Tensor, Tensor]:
     """Labels of best paths (B, N, T) -> (B, N, L) ids padded with -1, and lengths (B, N).
 
-    CTC collapse (repeats merged, blanks and padding dropped), then pyctcdecode's text rules:
-    no leading or trailing space, no space after a space.
+    CTC collapse (repeats merged, blanks and padding dropped), then pyctcdecode's text rules on
+    the collapsed labels: no leading or trailing space, no space after a space.
     """
     previous = torch.nn.functional.pad(alignment, (1, 0), value=-1)[..., :-1]
-    keep = (alignment >= 0) & (alignment != blank_id) & (alignment != previous)
-    if space_id is not None:
-        space = keep & (alignment == space_id)
-        word = keep & ~space
-        # The last kept label before each frame is a space iff a space came after the last word label.
-        last_word = torch.where(word, torch.arange(alignment.shape[-1], device=alignment.device), -1).cummax(-1).values
-        last_space = torch.where(space, torch.arange(alignment.shape[-1], device=alignment.device), -1).cummax(-1).values
-        prior_space = torch.nn.functional.pad(last_space > last_word, (1, 0), value=False)[..., :-1]
-        prior_word = torch.nn.functional.pad(last_word >= 0, (1, 0), value=False)[..., :-1]
-        later_word = word.flip(-1).cumsum(-1).flip(-1) > 0
-        keep = word | (space & prior_word & ~prior_space & later_word)
-    lengths = keep.sum(-1)
-    L = int(lengths.max()) if lengths.numel() else 0
-    slot = torch.where(keep, keep.cumsum(-1) - 1, L)  # dropped frames go to a spare column
-    tokens = torch.full((*alignment.shape[:-1], L + 1), -1, dtype=torch.long, device=alignment.device)
-    tokens.scatter_(-1, slot, torch.where(keep, alignment, -1))
-    return tokens[..., :L], lengths
+    labels, lengths = _compact((alignment >= 0) & (alignment != blank_id) & (alignment != previous), alignment)
+    if space_id is None:
+        return labels, lengths
+    space = labels == space_id
+    word = (labels >= 0) & ~space
+    after_space = torch.nn.functional.pad(space, (1, 0), value=True)[..., :-1]  # the start counts as a space
+    word_later = word.flip(-1).cumsum(-1).flip(-1) > 0
+    return _compact(word | (space & ~after_space & word_later), labels)
 
 
 def ctc_prefix_beam_search(
@@ -176,7 +186,9 @@ def ctc_prefix_beam_search(
         def finish(start: int, stop: int) -> None:
             # pyctcdecode's end of utterance: merge beams by text (trailing space and flag ignored).
             key = (n1[start:stop] << HASH_BITS) | n2[start:stop]
-            top, _, beam = _merge(key, score[start:stop], vscore[start:stop], beam_width, beam_prune_logp)
+            top, _, beam = _merge(
+                key, score[start:stop], vscore[start:stop], beam_width, beam_prune_logp, ranked=True
+            )
             finals.append((start, top[:, :keep_n], beam[:, :keep_n]))
 
         active = B
@@ -203,9 +215,8 @@ def ctc_prefix_beam_search(
                 (vscore[..., None] + v[:, None, :]).view(n, -1),
                 beam_width,
                 beam_prune_logp,
+                ranked=False,
             )
-            live = max(int((top > NEG_INF).sum(1).max()), 1)
-            top, vtop, index = top[:, :live], vtop[:, :live], index[:, :live]
             parent, label = index // m, c.gather(1, index % m)
             extended = ~stay.view(n, -1).gather(1, index)
             if space_id is None:
