@@ -154,6 +154,12 @@ def ctc_prefix_beam_search(
     dtype = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
     keep_n = beam_width if nbest is None else min(nbest, beam_width)
     lengths = lengths.to(device=device, dtype=torch.long)
+    if B == 0:
+        empty = torch.zeros(0, keep_n, dtype=torch.long, device=device)
+        return NBest(
+            torch.zeros(0, keep_n, dtype=dtype, device=device), empty[..., None][..., :0], empty,
+            torch.zeros(0, keep_n, T, dtype=torch.long, device=device), empty[:, 0],
+        )
     with torch.inference_mode():
         order = torch.argsort(lengths, descending=True, stable=True)
         frames = lengths[order].tolist()  # descending
