@@ -13,9 +13,16 @@ from decoding_utils import BLANK, aligned_paths, pad_batch, peaked, random_log_p
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kwav2vec.decoding import BeamSearchConfig, BeamSearchDecoder, JointConfig, JointDecoder, ctc_log_likelihood
+from kwav2vec.decoding import (
+    BeamSearchConfig,
+    BeamSearchDecoder,
+    JointConfig,
+    JointDecoder,
+    ctc_log_likelihood,
+)
 from kwav2vec.decoding.prefix_search import ctc_prefix_beam_search
 from kwav2vec.decoding.torch_beam import TorchBeamSearchDecoder
+from kwav2vec.inference import evaluate
 from kwav2vec.inference.decoders import MultiDecoder
 from kwav2vec.metrics import cer
 from kwav2vec.text.vocab import Vocabulary
@@ -23,6 +30,7 @@ from kwav2vec.text.vocab import Vocabulary
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from _emissions import model_like  # noqa: E402
+from test_inference_cli import checkpoint, manifest  # noqa: E402, F401  (the tiny checkpoint and manifest)
 
 TEXTS = ["안녕 하세요", "반갑 습니다", "감사 합니다", "안녕 뷁", "하세요 반갑 안녕"]
 
@@ -217,3 +225,23 @@ def test_cpu_and_cuda_give_the_same_nbest() -> None:
         gpu_texts = {(b, tuple(h)) for b, hyps in enumerate(gpu.token_lists()) for h in hyps[:5]}
         cpu_texts = {(b, tuple(h)) for b, hyps in enumerate(cpu.token_lists()) for h in hyps[:5]}
         assert len(gpu_texts & cpu_texts) >= 0.9 * len(cpu_texts)  # near-ties may swap ranks 5/6
+
+
+def test_readme_kwav2vec_evaluate_beam_backend_torch(checkpoint, manifest, tmp_path, capsys) -> None:  # noqa: F811
+    """README "Evaluate and transcribe": `kwav2vec evaluate CKPT MANIFEST --decoder beam joint
+    --joint-mode rescore --beam-backend torch --out DIR`, on the tiny checkpoint; the same texts
+    as with --beam-backend pyctcdecode."""
+    texts = {}
+    for backend in ("torch", "pyctcdecode"):
+        out = tmp_path / backend
+        code = evaluate.main([str(checkpoint), str(manifest), "--decoder", "beam", "joint", "--joint-mode", "rescore",
+                              "--beam-backend", backend, "--beam-width", "8", "--out", str(out), "--no-progress"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        assert summary["beam_backend"] == backend and list(summary["decoders"]) == ["beam-grapheme", "joint-rescore"]
+        texts[backend] = {name: (out / f"{name}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+                          for name in summary["decoders"]}
+    capsys.readouterr()
+    for name, rows in texts["torch"].items():
+        hyp = [row.split("\t")[2] for row in rows]
+        assert hyp == [row.split("\t")[2] for row in texts["pyctcdecode"][name]]
