@@ -85,7 +85,7 @@ def test_multidecoder_results_equal_the_decoders_run_alone():
     g_lp, lengths = pad_batch([random_log_probs(g, t, len(grapheme)) for t in Tg], fill=0.0)
     s_lp, _ = pad_batch([random_log_probs(g, t, len(syllable)) for t in Tg], fill=0.0)
     names = ["greedy-grapheme", "greedy-syllable", "beam-grapheme", "joint-union", "joint-rescore"]
-    with MultiDecoder(names, grapheme, syllable, beam_width=8, nbest=3) as multi:
+    with MultiDecoder(names, grapheme, syllable, beam_width=8, nbest=3, beam_backend="pyctcdecode") as multi:
         out = multi.decode(g_lp, s_lp, lengths)
     beam = BeamSearchConfig(beam_width=8)
     assert [d.text for d in out["greedy-grapheme"]] == greedy_decode(g_lp, lengths, grapheme)

@@ -1,9 +1,12 @@
-"""Decoders for CTC heads: greedy, pyctcdecode beam search, and the joint grapheme–syllable decoder."""
+"""Decoders for CTC heads: greedy, beam search (torch prefix search or pyctcdecode), and the joint
+grapheme–syllable decoder."""
 
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis
 from kwav2vec.decoding.greedy import best_path_ids, greedy_decode
 from kwav2vec.decoding.joint import JointConfig, JointDecoder, rescore_nbest, union_nbest
+from kwav2vec.decoding.prefix_search import NBest, ctc_prefix_beam_search
 from kwav2vec.decoding.scoring import ctc_log_likelihood, ctc_log_likelihood_heads
+from kwav2vec.decoding.torch_beam import TorchBeamSearchDecoder
 
 __all__ = [
     "BeamSearchConfig",
@@ -11,7 +14,10 @@ __all__ = [
     "Hypothesis",
     "JointConfig",
     "JointDecoder",
+    "NBest",
+    "TorchBeamSearchDecoder",
     "best_path_ids",
+    "ctc_prefix_beam_search",
     "ctc_log_likelihood",
     "ctc_log_likelihood_heads",
     "greedy_decode",

@@ -166,6 +166,11 @@ class PoolOwner:
         self.close()
 
 
+def nfc_text(beam_text: str, grapheme: bool) -> str:
+    """A beam's text as NFC syllables (K-wav2vec NFC-normalises both heads' hypotheses)."""
+    return unicodedata.normalize("NFC", compose(beam_text) if grapheme else beam_text)
+
+
 def _numpy_rows(log_probs: Tensor, lengths: Tensor) -> list[np.ndarray]:
     """Per-utterance (T_b, V) float32 numpy views, padding frames cut off (one device copy per batch)."""
     array = log_probs.detach().float().cpu().numpy()  # (B, T, V)
@@ -216,7 +221,7 @@ class BeamSearchDecoder(PoolOwner):
 
     def to_text(self, beam_text: str) -> str:
         """A beam's text as NFC syllables (K-wav2vec NFC-normalises both heads' hypotheses)."""
-        return unicodedata.normalize("NFC", compose(beam_text) if self._grapheme else beam_text)
+        return nfc_text(beam_text, self._grapheme)
 
     def jobs(self, log_probs: Tensor, lengths: Tensor, *, name: str = "log_probs") -> list[SearchJob]:
         """One search job per utterance of (B, T, V) log-probabilities with (B,) frame lengths."""

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis, PoolOwner, run_searches
 from kwav2vec.decoding.scoring import check_emissions, ctc_log_likelihood_heads
+from kwav2vec.decoding.torch_beam import beam_searcher
 
 if TYPE_CHECKING:
     from kwav2vec.text.vocab import Vocabulary
@@ -192,7 +193,12 @@ def rescore_nbest(
 
 
 class JointDecoder(PoolOwner):
-    """Beam search on both heads (sharing one process pool), then `union` or `rescore`.
+    """Beam search on both heads, then `union` or `rescore`.
+
+    backend "pyctcdecode": both heads' searches share one process pool (num_processes; KenLM and
+    hotwords need it). backend "torch": both are batched torch prefix searches on the log-probs'
+    device (`kwav2vec.decoding.prefix_search`), so with `rescore` nothing leaves the device but
+    the hypotheses' texts.
 
     >>> with JointDecoder(g_vocab, s_vocab, JointConfig(mode="rescore"), num_processes=2) as dec:
     ...     texts = dec.decode(grapheme_log_probs, syllable_log_probs, lengths)
@@ -208,6 +214,7 @@ class JointDecoder(PoolOwner):
         syllable_beam: BeamSearchConfig | None = None,
         num_processes: int = 0,
         lm_scorer: Callable[[str], float] | None = None,
+        backend: str = "pyctcdecode",
     ) -> None:
         super().__init__(num_processes)
         if grapheme_vocab.kind != "grapheme" or syllable_vocab.kind != "syllable":
@@ -218,9 +225,10 @@ class JointDecoder(PoolOwner):
             raise ValueError("JointConfig.lm_weight is set but no lm_scorer was given")
         self.config = config
         self.lm_scorer = lm_scorer
-        self.grapheme = BeamSearchDecoder(grapheme_vocab, grapheme_beam)
-        self.syllable = BeamSearchDecoder(
-            syllable_vocab, grapheme_beam if syllable_beam is None else syllable_beam
+        self.backend = backend
+        self.grapheme = beam_searcher(grapheme_vocab, grapheme_beam, backend)
+        self.syllable = beam_searcher(
+            syllable_vocab, grapheme_beam if syllable_beam is None else syllable_beam, backend
         )
 
     def _check(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> None:
@@ -239,8 +247,15 @@ class JointDecoder(PoolOwner):
     def search(
         self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor
     ) -> tuple[list[list[Hypothesis]], list[list[Hypothesis]]]:
-        """Both heads' n-best lists; all 2·B searches go through one pool map (or run in this process)."""
+        """Both heads' n-best lists; pyctcdecode's 2·B searches go through one pool map (or run in
+        this process), the torch backend runs one batched search per head."""
         self._check(grapheme_log_probs, syllable_log_probs, lengths)
+        if not isinstance(self.grapheme, BeamSearchDecoder):
+            return (
+                self.grapheme.nbest(grapheme_log_probs, lengths, name="grapheme_log_probs"),
+                self.syllable.nbest(syllable_log_probs, lengths, name="syllable_log_probs"),
+            )
+        assert isinstance(self.syllable, BeamSearchDecoder)
         jobs = self.grapheme.jobs(grapheme_log_probs, lengths, name="grapheme_log_probs")
         jobs += self.syllable.jobs(syllable_log_probs, lengths, name="syllable_log_probs")
         raw = run_searches(self.pool, jobs)

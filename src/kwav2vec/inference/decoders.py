@@ -3,7 +3,8 @@
 A decoder is named `<kind>-<variant>`:
 
     greedy-grapheme  greedy-syllable   best path of one head (kwav2vec.decoding.greedy)
-    beam-grapheme    beam-syllable     pyctcdecode beam search of one head (kwav2vec.decoding.beam)
+    beam-grapheme    beam-syllable     beam search of one head: torch prefix search
+                                       (kwav2vec.decoding.torch_beam) or pyctcdecode (.beam)
     joint-union      joint-rescore     both heads' beam searches, combined (kwav2vec.decoding.joint)
 
 On the command line `greedy`, `beam` and `joint` take their variant from `--head` and
@@ -27,11 +28,15 @@ from torch import Tensor
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis, PoolOwner, run_searches
 from kwav2vec.decoding.greedy import best_path_ids
 from kwav2vec.decoding.joint import JointConfig, rescore_nbest, union_nbest
+from kwav2vec.decoding.torch_beam import BACKENDS, beam_searcher
 from kwav2vec.text.vocab import Vocabulary
 
 KINDS = ("greedy", "beam", "joint")
 HEADS = ("grapheme", "syllable")
 JOINT_MODES = ("union", "rescore")
+# Without a language model the torch search is the faster one on CPU too (bench/decode.py,
+# README "Development"); pyctcdecode stays for KenLM and hotwords.
+DEFAULT_BEAM_BACKEND = "torch"
 
 
 def parse_decoders(specs: Iterable[str], head: str = "grapheme", joint_mode: str = "union") -> list[str]:
@@ -76,10 +81,11 @@ class MultiDecoder(PoolOwner):
     Args:
         names: canonical decoder names (see `parse_decoders`).
         grapheme_vocab, syllable_vocab: the checkpoint's vocabularies.
-        beam_width: pyctcdecode beam width of every beam search (single-head and joint alike).
+        beam_width: beam width of every beam search (single-head and joint alike).
         nbest: hypotheses kept per utterance and decoder.
         syllable_weight: the joint decoders' w (union) / λ (rescore).
         num_processes: pyctcdecode worker processes (0: search in this process).
+        beam_backend: "torch" (batched search on the log-probs' device) or "pyctcdecode".
     """
 
     def __init__(
@@ -92,8 +98,11 @@ class MultiDecoder(PoolOwner):
         nbest: int = 1,
         syllable_weight: float = 0.5,
         num_processes: int = 0,
+        beam_backend: str = DEFAULT_BEAM_BACKEND,
     ) -> None:
         super().__init__(num_processes)
+        if beam_backend not in BACKENDS:
+            raise ValueError(f"beam backend must be one of {BACKENDS}, got {beam_backend!r}")
         for name in names:
             parse_decoders([name])  # raises on a malformed name
         self.names = list(names)
@@ -108,7 +117,9 @@ class MultiDecoder(PoolOwner):
             needed.update(HEADS if kind == "joint" else (variant,) if kind == "beam" else ())
         # The joint decoders need each head's whole beam (their candidates), not only the top nbest.
         config = BeamSearchConfig(beam_width=beam_width)
-        self.searchers = {head: BeamSearchDecoder(self.vocabs[head], config) for head in HEADS if head in needed}
+        self.searchers = {
+            head: beam_searcher(self.vocabs[head], config, beam_backend) for head in HEADS if head in needed
+        }
         self.seconds: dict[str, float] = {name: 0.0 for name in names}  # decoding time charged per decoder
 
     def decode(
@@ -129,9 +140,13 @@ class MultiDecoder(PoolOwner):
         def search(head: str) -> tuple[list[list[Hypothesis]], float]:
             if head not in searches:
                 start = time.perf_counter()
-                searcher = self.searchers[head]
-                raw = run_searches(self.pool, searcher.jobs(log_probs[head], lengths, name=f"{head}_log_probs"))
-                searches[head] = ([searcher.hypotheses(r) for r in raw], time.perf_counter() - start)
+                searcher, name = self.searchers[head], f"{head}_log_probs"
+                if isinstance(searcher, BeamSearchDecoder):
+                    raw = run_searches(self.pool, searcher.jobs(log_probs[head], lengths, name=name))
+                    nbest = [searcher.hypotheses(r) for r in raw]
+                else:
+                    nbest = searcher.nbest(log_probs[head], lengths, name=name)
+                searches[head] = (nbest, time.perf_counter() - start)
             return searches[head]
 
         for name in self.names:
@@ -180,7 +195,7 @@ def _decoded(hyps: list[Hypothesis]) -> Decoded:
 
 
 def add_decoder_arguments(parser, *, multiple: bool) -> None:
-    """--decoder, --head, --joint-mode, --syllable-weight, --beam-width, --decode-workers."""
+    """--decoder, --head, --joint-mode, --syllable-weight, --beam-width, --beam-backend, --decode-workers."""
     parser.add_argument(
         "--decoder", nargs="+" if multiple else None, default=["greedy"] if multiple else "greedy",
         metavar="NAME",
@@ -195,7 +210,10 @@ def add_decoder_arguments(parser, *, multiple: bool) -> None:
     parser.add_argument("--syllable-weight", type=float, default=0.5,
                         help="joint decoders: the syllable head's weight w / λ in [0, 1] (default: 0.5)")
     parser.add_argument("--beam-width", type=int, default=100,
-                        help="pyctcdecode beam width of every beam search (default: 100, as K-wav2vec)")
+                        help="beam width of every beam search (default: 100, as K-wav2vec)")
+    parser.add_argument("--beam-backend", choices=BACKENDS, default=DEFAULT_BEAM_BACKEND,
+                        help="beam searches: torch (batched, on the model's device) or pyctcdecode "
+                        f"(CPU, --decode-workers processes) (default: {DEFAULT_BEAM_BACKEND})")
     parser.add_argument("--decode-workers", type=int, default=0,
                         help="processes for the pyctcdecode searches of a batch (default: 0, in-process)")
 

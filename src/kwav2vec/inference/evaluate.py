@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     def make_decoder(module) -> MultiDecoder:
         return MultiDecoder(
             names, module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
-            syllable_weight=args.syllable_weight, num_processes=args.decode_workers,
+            syllable_weight=args.syllable_weight, num_processes=args.decode_workers, beam_backend=args.beam_backend,
         )
 
     gathered, wall, world_size = run_prediction(model, sources, make_decoder, args, progress_bar=not args.no_progress)
@@ -131,6 +131,7 @@ def main(argv: list[str]) -> int:
             for part in gathered
         ],
         "beam_width": args.beam_width,
+        "beam_backend": args.beam_backend,
         "syllable_weight": args.syllable_weight,
         "known_syllables": len(known),
         "decoders": decoders,

@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
             return MultiDecoder(
                 [name], module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
                 nbest=args.nbest if args.json else 1, syllable_weight=args.syllable_weight,
-                num_processes=args.decode_workers,
+                num_processes=args.decode_workers, beam_backend=args.beam_backend,
             )
 
         gathered, _, _ = run_prediction(model, sources, make_decoder, args, progress_bar=args.progress)
