@@ -28,13 +28,15 @@ arithmetic.
 
 `--quantize int8`: onnxruntime's `quantize_dynamic` on the MatMul nodes whose second input is a
 weight (`MatMulConstBOnly`: the linear layers, not attention's activation products), int8 weights,
-activations quantized per batch at run time. Convolutions stay float32.
+activations quantized per batch at run time; the heads' two output projections and the
+convolutions stay float32 (see `quantize_int8`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -136,16 +138,54 @@ def export_graph(finetuner: nn.Module, path: str | os.PathLike, opset: int = OPS
     return names
 
 
+def head_projections(model) -> list[str]:
+    """Names of the MatMul nodes of the heads' output projections: the nearest MatMul upstream of each
+    `*_log_probs` output (LogSoftmax <- Add bias <- MatMul)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for output in model.graph.output:
+        if not output.name.endswith("_log_probs"):
+            continue
+        frontier, seen = [producer[output.name]], set()
+        while frontier:
+            node = frontier.pop(0)
+            if node.op_type in ("MatMul", "Gemm"):
+                found.append(node.name)
+                break
+            seen.add(node.name)
+            frontier += [producer[i] for i in node.input if i in producer and producer[i].name not in seen]
+    return found
+
+
+class _DropPreprocessingHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Dynamic int8 quantization of the linear layers (MatMul with a constant weight) of `src`."""
+    """Dynamic int8 quantization of the linear layers (MatMul with a constant weight) of `src`, but
+    the two heads' output projections.
+
+    Those two stay float32: their error goes straight into the log-probabilities with no layer norm
+    after it. Measured on a random tiny model: max |log-prob change| 0.7-1.4 with them quantized,
+    0.004-0.007 without; they are ~2% of the multiply-adds at BASE.
+    """
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
         raise ImportError(f"--quantize int8 needs onnxruntime ({INSTALL_HINT}): {e}") from e
-    quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-        per_channel=False, extra_options={"MatMulConstBOnly": True},
-    )
+    import onnx
+
+    keep_float = head_projections(onnx.load(str(src), load_external_data=False))
+    hint = _DropPreprocessingHint()  # shape inference is already done: the exporter's graph is typed
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+            per_channel=False, nodes_to_exclude=keep_float, extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
 
 
 def write_tokens(vocab: Vocabulary, path: Path) -> None:
