@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import soundfile as sf
 import torch
 
 from kwav2vec import cli
-from kwav2vec.deploy.onnx_export import CONFIG_FILE, MODEL_FILE, export_onnx, tokens_file
+from kwav2vec.deploy.onnx_export import CONFIG_FILE, MODEL_FILE, export_onnx, quantize_int8, tokens_file
 from kwav2vec.deploy.onnx_runtime import OnnxModel, read_tokens
 from kwav2vec.inference.predict import load_finetuner
 from kwav2vec.lit.finetune import HierarchicalFineTuner
@@ -39,11 +40,13 @@ SMALL = dict(
 # Lengths the export never saw (it traces a batch of 2 x 3280 samples): batch sizes 1, 3 and 4,
 # padding, an utterance of exactly one frame (400 samples: T = 1 for the whole batch) and one longer
 # than the example.
+INT8_BOUND = 0.015  # max |log-prob change| of int8 vs float32 allowed (measured <= 0.0032)
 BATCHES = [[5000, 3111, 1200], [777], [400, 400], [16000, 9000, 401, 719]]
 
 
-def make_checkpoint(folder: Path, preset: str) -> Path:
-    """A random fine-tuner saved as Lightning's checkpointing does; heads biased towards blank."""
+def make_checkpoint(folder: Path, preset: str, blank_bias: tuple[float, float] = (4.0, 4.5)) -> Path:
+    """A random fine-tuner saved as Lightning's checkpointing does; heads biased towards blank
+    (grapheme, syllable output bias of blank)."""
     torch.manual_seed(0)
     model = HierarchicalFineTuner(
         model=preset, model_overrides=SMALL, syllable_layers=1, layerdrop=0.0,
@@ -51,8 +54,11 @@ def make_checkpoint(folder: Path, preset: str) -> Path:
         syllable_vocabulary=Vocabulary.syllables_from_texts(VOCAB_TEXTS).to_dict(),
     )
     with torch.no_grad():
-        model.grapheme_head.proj.bias[0] = 1.0
-        model.syllable_head.proj.bias[0] = 3.0
+        # unbiased random heads put most tokens above pyctcdecode's pruning threshold: ~14 s per
+        # 3-second utterance at beam 100. (4, 4.5): blank on 80-100% of the frames, a few tokens
+        # left; (10, 10): every other token below pyctcdecode's -5 cut-off, beams of one hypothesis.
+        model.grapheme_head.proj.bias[0] = blank_bias[0]
+        model.syllable_head.proj.bias[0] = blank_bias[1]
     ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
             "pytorch-lightning_version": lightning.__version__}
     model.on_save_checkpoint(ckpt)
@@ -85,7 +91,7 @@ def noise_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.
 def workdir(tmp_path_factory) -> Path:
     """The README's file names: best.ckpt (a "tiny"-architecture model), a.wav, b.flac, data/demo."""
     folder = tmp_path_factory.mktemp("deploy")
-    make_checkpoint(folder, "tiny").rename(folder / "best.ckpt")
+    make_checkpoint(folder, "tiny", blank_bias=(10.0, 10.0)).rename(folder / "best.ckpt")
     rng = np.random.default_rng(1)
     sf.write(folder / "a.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
     sf.write(folder / "b.flac", (0.1 * rng.standard_normal((8000, 2))).astype(np.float32), 8000)
@@ -179,10 +185,8 @@ def test_export_directory_layout(base_export):
     assert grapheme[0] == "<blank> 0" and len(grapheme) == len(Vocabulary.grapheme())
 
 
-def test_int8_export_is_smaller_and_close(workdir, readme_exports):
-    """Dynamic int8 of the linear layers but the heads' output projections: on this random model the
-    log-probs move by at most 0.005 (measured over 5 batches; 0.7-1.4 when the projections are
-    quantized too), so 0.02 leaves a 4x margin, and the greedy path keeps >= 98.9% of the frames."""
+def test_readme_convert_to_onnx_quantize_int8(readme_exports):
+    """The README's int8 command: every linear layer int8 but the heads' two output projections."""
     import onnx
 
     fp32, int8 = readme_exports["model_onnx"], readme_exports["model_int8"]
@@ -191,17 +195,30 @@ def test_int8_export_is_smaller_and_close(workdir, readme_exports):
     graph = onnx.load(str(int8 / MODEL_FILE)).graph
     weights = {i.name for i in graph.initializer}
     float_linear = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    assert len(float_linear) == 2  # the two output projections; every other linear layer is int8
+    assert len(float_linear) == 2
     assert sum(n.op_type == "MatMulInteger" for n in graph.node) >= 10
+    assert (int8 / tokens_file("syllable")).read_bytes() == (fp32 / tokens_file("syllable")).read_bytes()
+
+
+def test_int8_outputs_are_close_to_float32(base_export, tmp_path):
+    """Dynamic int8 (weights rounded to 1/127 of their range, activations per batch): measured
+    max |log-prob change| 0.0021-0.0032 on this random model (6 batches of this kind, 2026-12-01), so
+    0.015 leaves a margin of about 4.7x; the greedy path kept every frame (>= 98% required). (With the output projections quantized
+    too the change measured 0.7-1.4 on the tiny test model: see `quantize_int8`.)"""
+    _, fp32 = base_export
+    int8 = tmp_path / "int8"
+    shutil.copytree(fp32, int8)
+    quantize_int8(fp32 / MODEL_FILE, int8 / MODEL_FILE)
     reference, quantized = OnnxModel(fp32, threads=1), OnnxModel(int8, threads=1)
-    audio, L = noise_batch([16000, 9000, 5000])
-    (want, frames), (got, _) = reference(audio, L), quantized(audio, L)
-    valid = torch.arange(want["grapheme"].shape[1])[None, :] < frames[:, None]
-    for head in want:
-        diff = (got[head] - want[head]).abs()[valid]
-        assert float(diff.max()) < 0.02, head
-        same = (got[head].argmax(-1) == want[head].argmax(-1))[valid].float().mean()
-        assert float(same) >= 0.97, head
+    for seed in range(3):
+        audio, L = noise_batch([16000, 9000, 5000], seed=seed)
+        (want, frames), (got, _) = reference(audio, L), quantized(audio, L)
+        valid = torch.arange(want["grapheme"].shape[1])[None, :] < frames[:, None]
+        for head in want:
+            diff = (got[head] - want[head]).abs()[valid]
+            assert float(diff.max()) < INT8_BOUND, (head, float(diff.max()))
+            same = (got[head].argmax(-1) == want[head].argmax(-1))[valid].float().mean()
+            assert float(same) >= 0.98, head
 
 
 # ----------------------------------------------------------------------------- the commands
@@ -234,10 +251,13 @@ def test_onnx_backend_gives_the_lightning_results_for_every_decoder(base_export,
 
     ckpt, folder = base_export
     decoders = ["greedy", "greedy:syllable", "beam", "joint:union", "joint:rescore"]
-    manifest = str(REPO / "data" / "demo" / "test.jsonl")
-    common = ["--decoder", *decoders, "--beam-width", "8", "--no-progress", "--batch-size", "7"]
-    assert evaluate.main([str(ckpt), manifest, "--out", str(tmp_path / "pt"), *common]) == 0
-    assert evaluate.main([str(folder), manifest, "--out", str(tmp_path / "ort"), "--backend", "onnx", *common]) == 0
+    lines = (REPO / "data" / "demo" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:12]
+    manifest = tmp_path / "test12.jsonl"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    common = ["--decoder", *decoders, "--beam-width", "8", "--no-progress", "--batch-size", "5",
+              "--audio-root", str(REPO / "data" / "demo")]
+    assert evaluate.main([str(ckpt), str(manifest), "--out", str(tmp_path / "pt"), *common]) == 0
+    assert evaluate.main([str(folder), str(manifest), "--out", str(tmp_path / "ort"), "--backend", "onnx", *common]) == 0
     for name in ["greedy-grapheme", "greedy-syllable", "beam-grapheme", "joint-union", "joint-rescore"]:
         assert read_tsv(tmp_path / "ort" / f"{name}.tsv") == read_tsv(tmp_path / "pt" / f"{name}.tsv"), name
 
