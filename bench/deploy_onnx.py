@@ -1,9 +1,9 @@
 """CPU transcription speed: PyTorch eager vs onnxruntime float32 vs onnxruntime int8; file sizes; and,
 given a trained model, the CER the int8 graph costs.
 
-    .venv/bin/python bench/onnx.py                                   # tiny + base, random weights, 4 x 4 s
-    .venv/bin/python bench/onnx.py --presets base --repeats 5
-    .venv/bin/python bench/onnx.py --checkpoint runs/demo/finetune/checkpoints/last.ckpt \\
+    .venv/bin/python bench/deploy_onnx.py                                   # tiny + base, random weights, 4 x 4 s
+    .venv/bin/python bench/deploy_onnx.py --presets base --repeats 5
+    .venv/bin/python bench/deploy_onnx.py --checkpoint runs/demo/finetune/checkpoints/last.ckpt \\
         --manifest data/demo/test.jsonl                              # + CER of fp32 vs int8
 
 Speed: per preset a random fine-tuner (both heads; the syllable head has 2 layers over the demo's
@@ -19,6 +19,8 @@ PyTorch (goal: int8 >= 2x at base), file sizes (PyTorch state dict as saved, mod
 CER (`--checkpoint CKPT --manifest M`): the checkpoint is exported float32 and int8, and
 `kwav2vec evaluate` runs greedy (both heads) and joint-rescore on each (and the .ckpt through
 Lightning); printed: CER per decoder and backend, int8 - fp32 (goal: within 1.0 point).
+
+(Not named bench/onnx.py: the script's folder comes first on sys.path and would shadow `onnx`.)
 """
 
 from __future__ import annotations
