@@ -31,6 +31,7 @@ from kwav2vec.text.vocab import Vocabulary
 ort = pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[1]
+CKPT = "runs/finetune/version_0/checkpoints/last.ckpt"  # the README's fine-tuned checkpoint
 VOCAB_TEXTS = ["안녕 하세요", "반갑 습니다", "감사 합니다", "모델 변수"]
 SMALL = dict(
     encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
@@ -89,13 +90,17 @@ def noise_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """The README's file names: best.ckpt (a "tiny"-architecture model), a.wav, b.flac, data/demo."""
+    """The README's file names: runs/finetune/version_0/checkpoints/last.ckpt (a "tiny"-architecture
+    model), a.wav, b.flac, data/kspon/eval_clean.jsonl (the demo's test split)."""
     folder = tmp_path_factory.mktemp("deploy")
-    make_checkpoint(folder, "tiny", blank_bias=(10.0, 10.0)).rename(folder / "best.ckpt")
+    (folder / CKPT).parent.mkdir(parents=True)
+    make_checkpoint(folder, "tiny", blank_bias=(10.0, 10.0)).rename(folder / CKPT)
     rng = np.random.default_rng(1)
     sf.write(folder / "a.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
     sf.write(folder / "b.flac", (0.1 * rng.standard_normal((8000, 2))).astype(np.float32), 8000)
-    (folder / "data").symlink_to(REPO / "data")
+    (folder / "data" / "kspon").mkdir(parents=True)
+    (folder / "data" / "kspon" / "audio").symlink_to(REPO / "data" / "demo" / "audio")
+    shutil.copy(REPO / "data" / "demo" / "test.jsonl", folder / "data" / "kspon" / "eval_clean.jsonl")
     return folder
 
 
@@ -169,7 +174,7 @@ def test_onnxruntime_equals_pytorch_post_ln_group_norm(base_export):
 def test_onnxruntime_equals_pytorch_pre_ln_layer_norm_normalized(workdir, readme_exports):
     config = json.loads((readme_exports["model_onnx"] / CONFIG_FILE).read_text())
     assert config["normalize"] is True and config["opset"] == 18 and config["quantization"] is None
-    assert_parity(workdir / "best.ckpt", readme_exports["model_onnx"], atol=1e-4)
+    assert_parity(workdir / CKPT, readme_exports["model_onnx"], atol=1e-4)
 
 
 def test_export_directory_layout(base_export):
@@ -231,7 +236,7 @@ def test_readme_transcribe_onnx(workdir, readme_exports, capsys, monkeypatch):
     onnx_lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in onnx_lines] == ["a.wav", "b.flac"]
     argv = shlex.split(command)
-    argv[2] = "best.ckpt"
+    argv[2] = CKPT
     assert run_cli(shlex.join(argv)) == 0
     assert capsys.readouterr().out.splitlines() == onnx_lines
 
