@@ -6,6 +6,7 @@
     kwav2vec convert --from hf ./wav2vec2-base-960h base.ckpt --drop-head
     kwav2vec convert --from torchaudio base.pth base.ckpt --bundle WAV2VEC2_BASE
     kwav2vec convert --to hf runs/finetune/version_0/checkpoints/last.ckpt ./kwav2vec-hf [--arch ctc]
+    kwav2vec convert --to onnx finetuned.ckpt ./kwav2vec-onnx [--quantize int8]   (kwav2vec.deploy.onnx_export)
 
 The .ckpt written is what `Pretrainer(init_from=...)` and the fine-tuner's `init_from` start from.
 `--to hf` takes a fine-tuner checkpoint (Wav2Vec2ForCTC from the grapheme head, the syllable head
@@ -36,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from", dest="source", choices=("fairseq", "hf", "torchaudio"),
                      help="import SRC (a fairseq .pt, a Hugging Face directory, a torchaudio state dict)")
-    way.add_argument("--to", dest="target", choices=("hf",),
-                     help="export SRC.ckpt (fine-tuner, Pretrainer or converted) to a Hugging Face directory")
+    way.add_argument("--to", dest="target", choices=("hf", "onnx"),
+                     help="export SRC.ckpt (fine-tuner, Pretrainer or converted) to a Hugging Face directory "
+                          "(hf), or a fine-tuner to ONNX with both heads (onnx)")
     p.add_argument("src", help="the checkpoint file or directory to read")
     p.add_argument("dst", help="the .ckpt file (import) or directory (export) to write")
     p.add_argument("--drop-head", action="store_true",
@@ -60,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("auto", "ctc", "pretraining", "model"), default="auto",
                    help="export: transformers class to write (auto: ForCTC with a grapheme head, else "
                         "ForPreTraining with the pretraining modules, else Model)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="--to onnx: dynamic int8 quantization of the linear layers (onnxruntime)")
     return p
 
 
@@ -94,6 +98,10 @@ def _check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             parser.error(f"--{flag} only applies to --from {' or '.join(sources)}")
     if args.target and (args.drop_head or args.grapheme_vocab):
         parser.error("--drop-head and --grapheme-vocab only apply to imports (--from)")
+    if args.quantize and args.target != "onnx":
+        parser.error("--quantize only applies to --to onnx")
+    if args.target == "onnx" and args.arch != "auto":
+        parser.error("--arch only applies to --to hf")
     if args.source and args.arch != "auto":
         parser.error("--arch only applies to exports (--to hf)")
     if args.drop_head and (args.dict_path or args.add_dict_path or args.grapheme_vocab or args.syllable_vocab or args.labels):
@@ -153,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 vocab_path = dst.with_name(f"{dst.stem}.vocab_{name}.json")
                 head.vocab.save(vocab_path)
                 print(f"wrote {vocab_path} (the {name} head's vocabulary: --data.{name}_vocab {vocab_path})")
+        elif args.target == "onnx":
+            from kwav2vec.deploy.onnx_export import export_and_report
+
+            print(export_and_report(args.src, args.dst, args.quantize))
         else:
             from kwav2vec.checkpoints.export import export_huggingface
 

@@ -28,14 +28,13 @@ from pathlib import Path
 
 from kwav2vec.data.audio import SAMPLE_RATE
 from kwav2vec.data.manifest import ManifestError, read_manifest
+from kwav2vec.inference.backend import add_backend_arguments, load_model, predict
 from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
     Source,
     add_prediction_arguments,
     command_parser,
-    load_finetuner,
     quiet_lightning,
-    run_prediction,
     too_short_message,
 )
 from kwav2vec.inference.report import format_table, metrics_summary, scored_rows, write_json, write_tsv
@@ -50,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output folder (default: runs/evaluate/<manifest name>)")
     parser.add_argument("--audio-root", default=None, help="folder relative audio paths are resolved against")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backend_arguments(parser)
     add_prediction_arguments(parser, multiple_decoders=True)
     return parser
 
@@ -60,9 +60,9 @@ def main(argv: list[str]) -> int:
     try:
         names = parse_decoders(args.decoder, args.head, args.joint_mode)
         entries = read_manifest(args.manifest, audio_root=args.audio_root, require_norm=True)
-        model = load_finetuner(args.checkpoint)
+        model = load_model(args)
         check_heads(names, model.heads_used)
-    except (ValueError, FileNotFoundError, ManifestError) as err:
+    except (ValueError, FileNotFoundError, ImportError, ManifestError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
             syllable_weight=args.syllable_weight, num_processes=args.decode_workers, beam_backend=args.beam_backend,
         )
 
-    gathered, wall, world_size = run_prediction(model, sources, make_decoder, args, progress_bar=not args.no_progress)
+    gathered, wall, world_size = predict(model, sources, make_decoder, args, progress_bar=not args.no_progress)
     if gathered is None:  # not rank 0: rank 0 writes and prints
         return 0
 

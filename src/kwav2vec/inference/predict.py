@@ -395,7 +395,7 @@ def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt)")
+    parser.add_argument("checkpoint", help="HierarchicalFineTuner checkpoint (.ckpt), or a `convert --to onnx` directory")
     return parser
 
 

@@ -25,14 +25,13 @@ import soundfile as sf
 
 from kwav2vec.data.audio import PCM_DTYPE, PCM_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.decoding.beam import Hypothesis
+from kwav2vec.inference.backend import add_backend_arguments, load_model, predict
 from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
     Source,
     add_prediction_arguments,
     command_parser,
-    load_finetuner,
     quiet_lightning,
-    run_prediction,
     too_short_message,
 )
 
@@ -45,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print n-best lists with scores as JSON")
     parser.add_argument("--nbest", type=int, default=5, help="hypotheses per file with --json (default 5)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
+    add_backend_arguments(parser)
     add_prediction_arguments(parser, multiple_decoders=False)
     return parser
 
@@ -84,10 +84,10 @@ def main(argv: list[str]) -> int:
         if args.nbest < 1:
             raise ValueError(f"--nbest must be >= 1, got {args.nbest}")
         (name,) = parse_decoders([args.decoder], args.head, args.joint_mode)
-        model = load_finetuner(args.checkpoint) if sources else None
+        model = load_model(args) if sources else None
         if model is not None:
             check_heads([name], model.heads_used)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
                 num_processes=args.decode_workers, beam_backend=args.beam_backend,
             )
 
-        gathered, _, _ = run_prediction(model, sources, make_decoder, args, progress_bar=args.progress)
+        gathered, _, _ = predict(model, sources, make_decoder, args, progress_bar=args.progress)
         if gathered is None:  # not rank 0
             return 0
         results = {u.path: u for part in gathered for u in part.utterances}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwav2vec.models.kernels import use_cpu_kernels
+
 _LANES = 65536  # values of one 16-bit lane
 
 
@@ -21,7 +23,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Zeroes each element of x with probability p and scales the rest by 1 / (1 - p); same shape."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
+    if not use_cpu_kernels(x) or p >= 1.0 or not x.is_floating_point():
         return F.dropout(x, p, training=True)
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwav2vec.models.kernels import plain
+
 
 class TransposeLast(nn.Module):
     """(B, C, T) <-> (B, T, C); a module so that fairseq's `Sequential` indices (and keys) line up."""
@@ -51,7 +53,8 @@ class MaskedFp32GroupNorm(nn.GroupNorm):
         if self.num_groups != self.num_channels:
             raise ValueError("MaskedFp32GroupNorm supports one group per channel only (fairseq's setting)")
         xf = x.float()
-        if lengths is None or bool((lengths == x.shape[-1]).all()):
+        # the unmasked fused kernel when nothing is padded (a branch on values: not under plain_pytorch())
+        if lengths is None or (not plain() and bool((lengths == x.shape[-1]).all())):
             w = self.weight.float() if self.weight is not None else None
             b = self.bias.float() if self.bias is not None else None
             return F.group_norm(xf, self.num_groups, w, b, self.eps).type_as(x)
@@ -154,6 +157,8 @@ class ConvFeatureEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, S) waveforms; lengths: (B,) samples. Returns features (B, T, C) and frame lengths (B,)."""
+        if plain():
+            return self._forward_plain(x, lengths)
         if not torch.is_grad_enabled() and x.shape[0] > 1 and x.device.type == "cpu":
             # Frozen or inference: one utterance at a time. The first layers' activations (512 channels
             # at 3.2 kHz: 26 MB a 4 s utterance) then come from memory the allocator reuses instead of
@@ -185,3 +190,19 @@ class ConvFeatureEncoder(nn.Module):
         if channels_first:
             x = x.transpose(1, 2)
         return x, lengths  # (B, T, C), (B,)
+
+    def _forward_plain(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Under `plain_pytorch()`: fairseq's own layout, `conv1d` on (B, C, T) and each block's norm
+        module as it stands (no im2col, no per-utterance loop); the same weights and results as `_forward`."""
+        x = x.unsqueeze(1)  # (B, 1, S)
+        for block, (_, kernel, stride) in zip(self.conv_layers, self.layer_specs, strict=True):
+            if lengths is not None:
+                lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+            conv, norm, act = block[0], block[2], block[-1]
+            x = conv(x)  # (B, C, T)
+            if isinstance(norm, MaskedFp32GroupNorm):
+                x = norm(x, lengths)
+            elif isinstance(norm, nn.Sequential):  # TransposeLast, Fp32LayerNorm, TransposeLast
+                x = norm(x)
+            x = act(x)
+        return x.transpose(1, 2), lengths  # (B, T, C), (B,)

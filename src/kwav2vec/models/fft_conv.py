@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwav2vec.models.kernels import use_cpu_kernels
+
 # Below this kernel size direct convolution wins: the FFT's cost does not grow with the kernel.
 MIN_FFT_KERNEL = 32
 BLOCK_KERNELS = 2  # overlap-save block length, in kernels
@@ -139,7 +141,7 @@ class FFTConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, T) -> (B, C_out, T + 2p - K + 1)
-        if x.device.type != "cpu" or self.kernel_size[0] < MIN_FFT_KERNEL:
+        if not use_cpu_kernels(x) or self.kernel_size[0] < MIN_FFT_KERNEL:
             return super().forward(x)
         N = fft_block_length(x.shape[-1] + 2 * self.padding[0], self.kernel_size[0])
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # half types: fp32 spectra

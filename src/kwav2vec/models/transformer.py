@@ -16,6 +16,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from kwav2vec.models.dropout import Dropout, dropout
 from kwav2vec.models.fft_conv import FFTConv1d
+from kwav2vec.models.kernels import plain, use_cpu_kernels
 
 
 def init_bert_params(module: nn.Module) -> None:
@@ -48,7 +49,7 @@ class MultiheadSelfAttention(nn.Module):
         q, k, v = (proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))  # each (B, H, T, hd)
         p = self.dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if p > 0.0 and use_cpu_kernels(x):
             # SDPA's CPU path draws its dropout mask one element at a time; the same math with our mask
             y = attention_with_dropout(q, k, v, attn_mask, p)  # (B, H, T, hd)
         else:
@@ -138,8 +139,9 @@ class TransformerEncoderLayer(nn.Module):
 
 
 def attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, T) True=pad -> (B, 1, 1, T) True=attend for SDPA; None when nothing is padded (faster kernel)."""
-    if padding_mask is None or not bool(padding_mask.any()):
+    """(B, T) True=pad -> (B, 1, 1, T) True=attend for SDPA; None when nothing is padded (faster kernel;
+    not under `plain_pytorch()`, where the graph must not depend on the batch's values)."""
+    if padding_mask is None or (not plain() and not bool(padding_mask.any())):
         return None
     return ~padding_mask[:, None, None, :]
 
