@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # Refreshes the lock on purpose (never run by another target): a universal resolve with uv, so one
-# file serves every platform and Python >= 3.10 through environment markers, with hashes. uv itself
+# file serves every platform and Python 3.10-3.12 ([tool.uv] environments) through markers, with hashes. uv itself
 # is pinned and runs from a throw-away environment.
 UV_VERSION := 0.13.9
 lock:
