@@ -306,6 +306,7 @@ class DecodingWriter(pl.Callback):
             res.utterances.append(UtteranceResult(
                 index=clip["index"], id=clip["id"], path=path, num_samples=clip["num_samples"], frames=0,
                 decoded={name: empty for name in self.decoder.names},
+                words={name: ([], "no frames") for name in self.decoder.names} if self.times else {},
             ))
         if list(outputs["ids"]) != list(batch["ids"]):
             raise RuntimeError(
