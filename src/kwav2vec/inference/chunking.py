@@ -71,7 +71,7 @@ class ChunkConfig:
         return cls(chunk, stride)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning's batch transfer rebuilds dataclasses found in a batch
 class Window:
     """One window of a long file."""
 
