@@ -119,3 +119,13 @@ def test_bad_long_inputs_are_named_and_the_others_transcribed(checkpoint, tmp_pa
     assert out.startswith(f"{good}\t")
     assert f"cannot read {empty}: empty" in err
     assert f"cannot read {lying}: truncated" in err and "header declares" in err
+
+
+def test_readme_transcribe_format_srt_out_progress(checkpoint, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """README: `kwav2vec transcribe model.ckpt lecture.wav --format srt --out subs --progress`."""
+    monkeypatch.chdir(tmp_path)
+    sf.write("lecture.wav", noise(25.0, 16000, 1, 10), 16000)  # longer than the default 20 s chunk
+    code, _, err = _run(capsys, [str(checkpoint), "lecture.wav", "--format", "srt", "--out", "subs", "--progress"])
+    assert code == 0, err
+    assert "lecture.wav: window 2/2, 25.0 of 25.0 s of audio" in err
+    list(srt.parse((tmp_path / "subs" / "lecture.srt").read_text(encoding="utf-8")))
