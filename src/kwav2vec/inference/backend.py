@@ -52,7 +52,8 @@ def load_model(args) -> Any:
 
 
 def predict(
-    model: Any, sources: Sequence[Source], make_decoder: Callable[[Any], MultiDecoder], args, *, progress_bar: bool
+    model: Any, sources: Sequence[Source], make_decoder: Callable[[Any], MultiDecoder], args, *, progress_bar: bool,
+    times: bool = False,
 ) -> tuple[list[RankResults] | None, float, int]:
     """`run_prediction` for either backend: (rank 0's gathered results or None, wall seconds, world size)."""
     from kwav2vec.deploy.onnx_runtime import OnnxModel
@@ -61,4 +62,4 @@ def predict(
         from kwav2vec.deploy.onnx_runtime import run_onnx_prediction
 
         return run_onnx_prediction(model, sources, make_decoder, args, progress_bar=progress_bar)
-    return run_prediction(model, sources, make_decoder, args, progress_bar=progress_bar)
+    return run_prediction(model, sources, make_decoder, args, progress_bar=progress_bar, times=times)

@@ -33,6 +33,7 @@ from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoder
 from kwav2vec.inference.predict import (
     Source,
     add_prediction_arguments,
+    chunk_config,
     command_parser,
     quiet_lightning,
     too_short_message,
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
     quiet_lightning()
     try:
         names = parse_decoders(args.decoder, args.head, args.joint_mode)
+        chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
         entries = read_manifest(args.manifest, audio_root=args.audio_root, require_norm=True)
         model = load_model(args)
         check_heads(names, model.heads_used)

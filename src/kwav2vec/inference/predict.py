@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,7 +35,18 @@ from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
 from kwav2vec.data.sampler import pack_batches
 from kwav2vec.decoding.beam import Hypothesis
-from kwav2vec.inference.decoders import Decoded, MultiDecoder, add_decoder_arguments
+from kwav2vec.inference.chunking import (
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_STRIDE_SECONDS,
+    ChunkConfig,
+    StreamMerger,
+    Window,
+    num_samples_16k,
+    plan_windows,
+    read_block,
+)
+from kwav2vec.inference.decoders import HEADS, Decoded, MultiDecoder, add_decoder_arguments
+from kwav2vec.inference.timestamps import word_times
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,8 @@ class UtteranceResult:
     num_samples: int  # loaded length at 16 kHz
     frames: int  # encoder frames
     decoded: dict[str, Decoded] = field(default_factory=dict)  # decoder name -> result
+    # decoder name -> (words with start/end seconds, what the times come from); see timestamps.py
+    words: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,19 +95,24 @@ class RankResults:
 class PredictDataset(Dataset):
     """Loads a source's audio (16 kHz mono float32); unreadable files become `SkippedItem`s."""
 
-    def __init__(self, sources: Sequence[Source]) -> None:
+    def __init__(self, sources: Sequence[Source], windows: Sequence[Window | None] | None = None) -> None:
         self.sources = list(sources)
+        # item i is window windows[i] of sources[i] (read as a block), or the whole file when None
+        self.windows = list(windows) if windows is not None else [None] * len(self.sources)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int) -> dict | SkippedItem:
-        src = self.sources[i]
+        src, window = self.sources[i], self.windows[i]
         try:
-            wav = load_audio(src.path)  # (S,)
+            wav = load_audio(src.path) if window is None else read_block(src.path, window.start, window.length)
         except AudioError as err:
             return SkippedItem(src.index, src.id, err.path, err.reason, err.detail)
-        return {"index": src.index, "id": src.id, "audio": wav}
+        item = {"index": src.index, "id": src.id, "audio": wav}
+        if window is not None:
+            item["window"] = window
+        return item
 
 
 def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
@@ -116,6 +135,7 @@ def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
         "audio_lengths": lengths,
         "skipped": skipped,
         "short": short,
+        **({"windows": [it.get("window") for it in good]} if any("window" in it for it in good) else {}),
     }
 
 
@@ -171,8 +191,10 @@ class PredictDataModule(pl.LightningDataModule):
         max_samples_per_batch: int = DEFAULT_MAX_SAMPLES_PER_BATCH,
         max_batch_size: int | None = None,
         num_workers: int = 0,
+        chunking: ChunkConfig | None = None,
     ) -> None:
         super().__init__()
+        self.chunking = chunking  # None: every file whole (as before chunking existed)
         if max_samples_per_batch <= 0:
             raise ValueError(f"max_samples_per_batch must be > 0, got {max_samples_per_batch}")
         if max_batch_size is not None and max_batch_size <= 0:
@@ -184,15 +206,51 @@ class PredictDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = shard_batches(
-            [s.num_samples for s in self.sources], self.max_samples_per_batch, self.max_batch_size, rank, world
-        )
+        items, windows = self._items()
+        whole = [i for i, w in enumerate(windows) if w is None]
+        batches = [[whole[j] for j in b] for b in shard_batches(
+            [items[i].num_samples for i in whole], self.max_samples_per_batch, self.max_batch_size, rank, world
+        )]
+        batches += self._window_batches(windows, rank, world)
         return DataLoader(
-            PredictDataset(self.sources),
+            PredictDataset(items, windows),
             batch_sampler=ShardBatchSampler(batches),
             collate_fn=collate_predict,
             num_workers=self.num_workers,
         )
+
+
+    def _items(self) -> tuple[list[Source], list[Window | None]]:
+        """Dataset items: each source whole, or, when longer than one chunk, one item per window."""
+        items, windows = [], []
+        for src in self.sources:
+            plan = None
+            if self.chunking is not None and src.num_samples > self.chunking.chunk:
+                try:  # the estimate said long: plan on the header's exact length
+                    n = num_samples_16k(src.path)
+                except AudioError:
+                    n = 0  # loading it whole reports the same error, naming the file
+                if n > self.chunking.chunk:
+                    plan = plan_windows(n, self.chunking)
+            for w in plan or [None]:
+                items.append(src)
+                windows.append(w)
+        return items, windows
+
+    def _window_batches(self, windows: list[Window | None], rank: int, world: int) -> list[list[int]]:
+        """Long file k goes to rank k % world, whole (so its windows merge there); its windows are
+        batched in order, several files' windows sharing a batch, so few files are open at once."""
+        positions, files = [], -1
+        for i, w in enumerate(windows):
+            if w is not None:
+                files += w.number == 0
+                if files % world == rank:
+                    positions.append(i)
+        lengths = np.zeros(len(windows), dtype=np.int64)
+        for i in positions:
+            lengths[i] = windows[i].length
+        return [b.tolist() for b in pack_batches(lengths, np.asarray(positions, dtype=np.int64),
+                                                 self.max_samples_per_batch, self.max_batch_size)]
 
 
 # ---------------------------------------------------------------------------------------- writer
@@ -202,8 +260,16 @@ class DecodingWriter(pl.Callback):
     `make_decoder(model)` builds the `MultiDecoder` once the model (and its vocabularies) is known.
     """
 
-    def __init__(self, make_decoder: Callable[[pl.LightningModule], MultiDecoder]) -> None:
+    def __init__(
+        self, make_decoder: Callable[[pl.LightningModule], MultiDecoder], *, times: bool = False,
+        progress: bool = False,
+    ) -> None:
         self.make_decoder = make_decoder
+        self.times = times  # also align each decoder's best text: UtteranceResult.words
+        self.progress = progress  # a line on stderr per window of a long file: audio seconds done
+        self.merger = StreamMerger()
+        self._failed: set[int] = set()  # long files one of whose blocks failed to load
+        self._sources_long: set[int] = set()
         self.decoder: MultiDecoder | None = None
         self.results = RankResults(rank=0)
         self._sources: dict[int, Source] = {}
@@ -214,6 +280,8 @@ class DecodingWriter(pl.Callback):
         self.decoder = self.make_decoder(pl_module)
         datamodule = trainer.datamodule
         self._sources = {s.index: s for s in getattr(datamodule, "sources", [])}
+        chunk = getattr(datamodule, "chunking", None)
+        self._sources_long = {i for i, s in self._sources.items() if chunk is not None and s.num_samples > chunk.chunk}
 
     def on_predict_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._started = time.perf_counter()
@@ -224,7 +292,12 @@ class DecodingWriter(pl.Callback):
         res = self.results
         res.forward_seconds += time.perf_counter() - self._started
         res.batches += 1
-        res.skipped.extend(batch["skipped"])
+        for item in batch["skipped"]:  # a long file fails once, whichever of its blocks failed
+            if item["index"] not in self._failed:
+                res.skipped.append(item)
+            if item["index"] in self._sources_long:
+                self._failed.add(item["index"])
+                self.merger.drop(item["index"])
         assert self.decoder is not None
         for clip in batch.get("short", []):
             path = self._sources[clip["index"]].path if clip["index"] in self._sources else ""
@@ -233,12 +306,16 @@ class DecodingWriter(pl.Callback):
             res.utterances.append(UtteranceResult(
                 index=clip["index"], id=clip["id"], path=path, num_samples=clip["num_samples"], frames=0,
                 decoded={name: empty for name in self.decoder.names},
+                words={name: ([], "no frames") for name in self.decoder.names} if self.times else {},
             ))
         if list(outputs["ids"]) != list(batch["ids"]):
             raise RuntimeError(
                 f"predict_step returned ids {list(outputs['ids'])[:5]}... for a batch of {list(batch['ids'])[:5]}..."
             )
         if not batch["ids"]:
+            return
+        if batch.get("windows") is not None:
+            self._merge_windows(outputs, batch)
             return
         frames = outputs["frame_lengths"]  # (B,)
         decoded = self.decoder.decode(outputs["grapheme_log_probs"], outputs["syllable_log_probs"], frames)
@@ -249,8 +326,44 @@ class DecodingWriter(pl.Callback):
                     index=index, id=uid, path=self._sources[index].path if index in self._sources else "",
                     num_samples=int(lengths[b]), frames=int(frames[b]),
                     decoded={name: per_utt[b] for name, per_utt in decoded.items()},
+                    words=self._times(decoded, b, outputs, int(frames[b])),
                 )
             )
+
+    def _times(self, decoded: dict[str, list[Decoded]], b: int, outputs: dict, frames: int) -> dict:
+        if not self.times:
+            return {}
+        lps = {h: None if outputs[f"{h}_log_probs"] is None else outputs[f"{h}_log_probs"][b, :frames]
+               for h in HEADS}
+        assert self.decoder is not None
+        return {name: word_times(name, per_utt[b].text, lps, self.decoder.vocabs) for name, per_utt in decoded.items()}
+
+    def _merge_windows(self, outputs: dict, batch: dict) -> None:
+        """Keeps each window's kept frames; decodes a long file once its last window is in."""
+        assert self.decoder is not None
+        frames = outputs["frame_lengths"]
+        for b, (index, uid, window) in enumerate(zip(batch["indices"], batch["ids"], batch["windows"], strict=True)):
+            if index in self._failed:
+                continue
+            lps = {h: None if outputs[f"{h}_log_probs"] is None else outputs[f"{h}_log_probs"][b, : int(frames[b])]
+                   for h in HEADS}
+            merged = self.merger.add(index, window, lps)
+            path = self._sources[index].path if index in self._sources else ""
+            if self.progress:
+                done = min(window.start + window.length, window.total_samples) / SAMPLE_RATE
+                print(f"{path}: window {window.number + 1}/{window.count}, {done:.1f} of "
+                      f"{window.total_samples / SAMPLE_RATE:.1f} s of audio", file=sys.stderr, flush=True)
+            if merged is None:
+                continue
+            T = window.total_frames
+            one = {h: None if lp is None else lp[None] for h, lp in merged.items()}
+            lengths = torch.tensor([T])
+            decoded = self.decoder.decode(one["grapheme"], one["syllable"], lengths)
+            self.results.utterances.append(UtteranceResult(
+                index=index, id=uid, path=path, num_samples=window.total_samples, frames=T,
+                decoded={name: per_utt[0] for name, per_utt in decoded.items()},
+                words=self._times(decoded, 0, {f"{h}_log_probs": one[h] for h in HEADS}, T),
+            ))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.decoder is not None:
@@ -373,13 +486,16 @@ def run_prediction(
     args,
     *,
     progress_bar: bool,
+    times: bool = False,
 ) -> tuple[list[RankResults] | None, float, int]:
     """Runs the predict loop over `sources` -> (every rank's results on rank 0 else None, wall
-    seconds of the loop, world size)."""
-    writer = DecodingWriter(make_decoder)
+    seconds of the loop, world size). Files longer than `--chunk-seconds` go in windows
+    (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
+    writer = DecodingWriter(make_decoder, times=times, progress=progress_bar)
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
-        sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers
+        sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers,
+        chunking=chunk_config(args),
     )
     start = time.perf_counter()
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
@@ -406,7 +522,19 @@ def add_prediction_arguments(parser: argparse.ArgumentParser, multiple_decoders:
     add_trainer_arguments(parser)
 
 
+def chunk_config(args) -> ChunkConfig | None:
+    """The --chunk-seconds / --stride-seconds windows (None: --chunk-seconds 0, every file whole)."""
+    chunk = getattr(args, "chunk_seconds", 0) or 0
+    return ChunkConfig.from_seconds(chunk, args.stride_seconds) if chunk > 0 else None
+
+
 def add_batching_arguments(parser) -> None:
+    parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
+                        help=f"files longer than this go through the model in windows of this length "
+                        f"(default {DEFAULT_CHUNK_SECONDS}; 0: every file whole)")
+    parser.add_argument("--stride-seconds", type=float, default=DEFAULT_STRIDE_SECONDS,
+                        help=f"context on each side of a window, dropped from its output "
+                        f"(default {DEFAULT_STRIDE_SECONDS}; rounded to 20 ms frames)")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")

@@ -30,10 +30,12 @@ from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoder
 from kwav2vec.inference.predict import (
     Source,
     add_prediction_arguments,
+    chunk_config,
     command_parser,
     quiet_lightning,
     too_short_message,
 )
+from kwav2vec.inference.subtitles import FORMATS, render, segments
 
 PROG = "kwav2vec transcribe"
 
@@ -43,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("audio", nargs="+", help="audio files (WAV, FLAC, OGG, ... or 16 kHz 16-bit .pcm)")
     parser.add_argument("--json", action="store_true", help="print n-best lists with scores as JSON")
     parser.add_argument("--nbest", type=int, default=5, help="hypotheses per file with --json (default 5)")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar (stderr)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show a progress bar, and the audio seconds done of each long file (stderr)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="also write <audio name>.<format> per file into --out: subtitles (srt, vtt) or "
+                        "segments (tsv, json) with word times")
+    parser.add_argument("--out", default=".", help="folder of the --format files (default: .)")
     add_backend_arguments(parser)
     add_prediction_arguments(parser, multiple_decoders=False)
     return parser
@@ -84,6 +91,7 @@ def main(argv: list[str]) -> int:
         if args.nbest < 1:
             raise ValueError(f"--nbest must be >= 1, got {args.nbest}")
         (name,) = parse_decoders([args.decoder], args.head, args.joint_mode)
+        chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
         model = load_model(args) if sources else None
         if model is not None:
             check_heads([name], model.heads_used)
@@ -100,7 +108,8 @@ def main(argv: list[str]) -> int:
                 num_processes=args.decode_workers, beam_backend=args.beam_backend,
             )
 
-        gathered, _, _ = predict(model, sources, make_decoder, args, progress_bar=args.progress)
+        gathered, _, _ = predict(model, sources, make_decoder, args, progress_bar=args.progress,
+                                 times=args.json or args.format is not None)
         if gathered is None:  # not rank 0
             return 0
         results = {u.path: u for part in gathered for u in part.utterances}
@@ -121,6 +130,7 @@ def main(argv: list[str]) -> int:
                 doc["results"].append({
                     "path": path, "text": d.text, "score": _finite(d.score),
                     "seconds": u.num_samples / SAMPLE_RATE, "nbest": [_hypothesis_json(h) for h in d.nbest],
+                    "words": u.words.get(name, ([], ""))[0], "times_from": u.words.get(name, ([], "not computed"))[1],
                     **({"warning": short[path]} if path in short else {}),
                 })
         print(json.dumps(doc, ensure_ascii=False, indent=2))
@@ -128,6 +138,13 @@ def main(argv: list[str]) -> int:
         for path in args.audio:
             if path in results:
                 print(f"{path}\t{results[path].decoded[name].text}")
+    if args.format is not None:
+        os.makedirs(args.out, exist_ok=True)
+        for path in args.audio:
+            if path in results:
+                target = os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}.{args.format}")
+                with open(target, "w", encoding="utf-8") as f:
+                    f.write(render(args.format, segments(results[path].words.get(name, ([], ""))[0]), source=path))
     for path, message in errors:
         print(f"{PROG}: cannot read {path}: {message}", file=sys.stderr)
     for path in args.audio:
