@@ -93,11 +93,12 @@ class Recorder(pl.Callback):
 
 
 def trainer(steps: int, callbacks=(), **kw) -> pl.Trainer:
-    return pl.Trainer(
+    settings = dict(
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-        num_sanity_val_steps=0, **kw,
+        num_sanity_val_steps=0,
     )
+    return pl.Trainer(**{**settings, **kw})
 
 
 # ---------------------------------------------------------------- training
@@ -239,3 +240,42 @@ def test_init_from_backbone_file(tmp_path):
     torch.save({"model": {}}, tmp_path / "fairseq.pt")
     with pytest.raises(ValueError, match="found \\['model'\\]"):
         read_backbone_checkpoint(tmp_path / "fairseq.pt")
+
+
+class CollapseAtSecondValidation(pl.Callback):
+    """Forces a one-codeword-per-group quantizer from the second validation on: every frame's logits
+    pick entry 0 of each group, the collapse a real run falls into."""
+
+    def __init__(self):
+        self.validations = 0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.validations += 1
+        if self.validations >= 2:
+            q = pl_module.model.quantizer
+            with torch.no_grad():
+                q.weight_proj.weight.zero_()
+                bias = torch.full((q.groups, q.num_vars), -100.0)
+                bias[:, 0] = 100.0
+                q.weight_proj.bias.copy_(bias.reshape(-1))
+
+
+def test_checkpoint_selection_never_picks_a_collapsed_step(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=4, warmup_steps=1)
+    batch = speechlike_batch(2, 0.6)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_top_k=1)
+    seen = CollapseAtSecondValidation()
+    t = trainer(4, callbacks=[ckpt, seen], limit_val_batches=1, val_check_interval=2,
+                enable_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(module, loader(batch, 4), loader(batch, 1))
+    assert seen.validations == 2
+    # the collapsed (second) validation reports itself and an infinite loss ...
+    assert float(t.callback_metrics["val/collapsed"]) == 1.0
+    assert float(t.callback_metrics["val/loss"]) == float("inf")
+    # ... so the kept checkpoint is the healthy first one (step 2), with a finite score
+    assert "step=2" in ckpt.best_model_path and torch.isfinite(ckpt.best_model_score)

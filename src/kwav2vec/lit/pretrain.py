@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # and are masked out, and the contrastive task becomes trivial (accuracy 1, loss near 0). Checked
 # every this many updates (each check reads a value back from the device).
 COLLAPSE_CHECK_EVERY = 50
+# Collapsed: code perplexity below this many times its floor G (one codeword in each group).
+COLLAPSE_PERPLEXITY_FACTOR = 1.5
 
 # Modules that only pretraining uses: a fine-tuned checkpoint may lack them, and then they keep
 # their fresh initialisation when it is used to initialise pretraining.
@@ -159,7 +161,7 @@ class Pretrainer(pl.LightningModule):
         if self.global_step % COLLAPSE_CHECK_EVERY:
             return
         groups = self.config.latent_groups
-        collapsed = float(code_perplexity) < 1.5 * groups
+        collapsed = self.is_collapsed(code_perplexity)
         self._collapsed_checks = self._collapsed_checks + 1 if collapsed else 0
         if self._collapsed_checks == 2:
             log.warning(
@@ -193,7 +195,20 @@ class Pretrainer(pl.LightningModule):
         gen = torch.Generator(device=audio.device).manual_seed(batch_idx)
         out = self._forward(batch, gen)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
-        self._log_terms("val", terms, audio.shape[0])
+        # A collapsed codebook makes the contrastive task trivial (the distractors that share the
+        # positive's codes are masked out), so its val/loss is the lowest of the run and a
+        # ModelCheckpoint monitoring val/loss (mode min) would keep exactly the collapsed model. A
+        # collapsed batch therefore reports val/loss = +inf (never "better" than a finite value, and
+        # not NaN, which Lightning's checkpointing handles inconsistently); the epoch mean is then
+        # +inf as soon as one batch collapsed. val/collapsed is the share of collapsed batches.
+        collapsed = self.is_collapsed(terms["code_perplexity"])
+        if collapsed:
+            terms = {**terms, "loss": torch.full_like(terms["loss"], float("inf"))}
+        self._log_terms("val", terms, audio.shape[0], collapsed=float(collapsed))
+
+    def is_collapsed(self, code_perplexity: torch.Tensor) -> bool:
+        """Code perplexity near its floor, the number of groups G (one codeword per group)."""
+        return float(code_perplexity) < COLLAPSE_PERPLEXITY_FACTOR * self.config.latent_groups
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # gradients are unscaled here (AMP) and not yet clipped: the norm clipping acts on
