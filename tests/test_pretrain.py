@@ -93,11 +93,12 @@ class Recorder(pl.Callback):
 
 
 def trainer(steps: int, callbacks=(), **kw) -> pl.Trainer:
-    return pl.Trainer(
+    settings = dict(
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
-        num_sanity_val_steps=0, **kw,
+        num_sanity_val_steps=0,
     )
+    return pl.Trainer(**{**settings, **kw})
 
 
 # ---------------------------------------------------------------- training
@@ -188,15 +189,62 @@ def test_too_short_utterance_error_names_ids():
         module.training_step(batch, 0)
 
 
-def test_codebook_collapse_is_reported_once(caplog):
-    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=10)  # G = 2
-    with caplog.at_level("WARNING", logger="kwav2vec.lit.pretrain"):
-        module._check_collapse(torch.tensor(40.0))  # healthy
-        module._check_collapse(torch.tensor(2.01))  # collapsed once: may recover
-        assert not caplog.records
-        for _ in range(3):
-            module._check_collapse(torch.tensor(2.01))
-    assert len(caplog.records) == 1 and "codebook collapse" in caplog.text and "diversity_weight" in caplog.text
+def force_collapse(pl_module) -> None:
+    """One codeword per group: every frame's quantizer logits pick entry 0 of each group."""
+    q = pl_module.model.quantizer
+    with torch.no_grad():
+        q.weight_proj.weight.zero_()
+        bias = torch.full((q.groups, q.num_vars), -100.0)
+        bias[:, 0] = 100.0
+        q.weight_proj.bias.copy_(bias.reshape(-1))
+
+
+class CollapseFrom(pl.Callback):
+    """Forces the collapse before the training batches of the given updates."""
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step in self.steps:
+            force_collapse(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_codebook_collapse_is_recovered_with_lower_lr(monkeypatch, caplog):
+    import kwav2vec.lit.pretrain as pretrain_mod
+
+    monkeypatch.setattr(pretrain_mod, "COLLAPSE_CHECK_EVERY", 1)
+    torch.manual_seed(0)
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, lr=1e-3, total_steps=6,
+                        warmup_steps=0)
+    cb = CollapseFrom({3, 4})  # collapsed at the checks of updates 3 and 4: two in a row
+    t = trainer(6, callbacks=[cb])
+    with caplog.at_level("WARNING", logger="kwav2vec.lit.pretrain"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(module, loader(speechlike_batch(2, 0.6), 6))
+    assert module.recoveries == 1
+    assert "collapse at update 4" in caplog.text and "recovery 1 of 3" in caplog.text and "restored the weights and optimizer state of update 2" in caplog.text
+    # the restored quantizer is the healthy one, not the forced one-codeword projection
+    assert module.model.quantizer.weight_proj.weight.abs().sum() > 0
+    # the schedule continues from half its peak: lr at update 5 = 0.5 * 1e-3 * (1 - 5/6) before the
+    # recovery it was 1e-3 * (1 - 5/6)
+    assert t.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(0.5e-3)]
+    assert cb.lrs[3] == pytest.approx(1e-3 * (1 - 4 / 6))
+
+
+def test_unrecoverable_codebook_collapse_stops_the_run(monkeypatch):
+    import kwav2vec.lit.pretrain as pretrain_mod
+
+    monkeypatch.setattr(pretrain_mod, "COLLAPSE_CHECK_EVERY", 1)
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=6, warmup_steps=0)
+    t = trainer(6, callbacks=[CollapseFrom(range(6))])  # collapsed from the start: nothing to restore
+    with pytest.raises(pretrain_mod.CodebookCollapseError, match="no healthy state"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(module, loader(speechlike_batch(2, 0.6), 6))
 
 
 def test_total_steps_required():
@@ -239,3 +287,37 @@ def test_init_from_backbone_file(tmp_path):
     torch.save({"model": {}}, tmp_path / "fairseq.pt")
     with pytest.raises(ValueError, match="found \\['model'\\]"):
         read_backbone_checkpoint(tmp_path / "fairseq.pt")
+
+
+class CollapseAtSecondValidation(pl.Callback):
+    """Forces a one-codeword-per-group quantizer from the second validation on: every frame's logits
+    pick entry 0 of each group, the collapse a real run falls into."""
+
+    def __init__(self):
+        self.validations = 0
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.validations += 1
+        if self.validations >= 2:
+            force_collapse(pl_module)
+
+
+def test_checkpoint_selection_never_picks_a_collapsed_step(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    module = Pretrainer(model="tiny", model_overrides={"encoder_layers": 1}, total_steps=4, warmup_steps=1)
+    batch = speechlike_batch(2, 0.6)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min", save_top_k=1)
+    seen = CollapseAtSecondValidation()
+    t = trainer(4, callbacks=[ckpt, seen], limit_val_batches=1, val_check_interval=2,
+                enable_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(module, loader(batch, 4), loader(batch, 1))
+    assert seen.validations == 2
+    # the collapsed (second) validation reports itself and an infinite loss ...
+    assert float(t.callback_metrics["val/collapsed"]) == 1.0
+    assert float(t.callback_metrics["val/loss"]) == float("inf")
+    # ... so the kept checkpoint is the healthy first one (step 2), with a finite score
+    assert "step=2" in ckpt.best_model_path and torch.isfinite(ckpt.best_model_score)

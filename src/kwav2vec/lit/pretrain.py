@@ -8,6 +8,7 @@ run in float32 whatever the precision.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any
@@ -24,10 +25,25 @@ from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 
 log = logging.getLogger(__name__)
 
+
+class CodebookCollapseError(RuntimeError):
+    """Raised when the codebook collapsed and could not be recovered."""
+
+
+def _map_tensors(obj: Any, fn):
+    """`obj` (nested dicts/lists of an optimizer state_dict) with `fn` applied to every leaf."""
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return fn(obj)
+
 # Codebook collapse: every frame picks the same codeword, the distractors then equal their positive
 # and are masked out, and the contrastive task becomes trivial (accuracy 1, loss near 0). Checked
 # every this many updates (each check reads a value back from the device).
 COLLAPSE_CHECK_EVERY = 50
+# Collapsed: code perplexity below this many times its floor G (one codeword in each group).
+COLLAPSE_PERPLEXITY_FACTOR = 1.5
 
 # Modules that only pretraining uses: a fine-tuned checkpoint may lack them, and then they keep
 # their fresh initialisation when it is used to initialise pretraining.
@@ -105,7 +121,12 @@ class Pretrainer(pl.LightningModule):
         weight_decay: float = 0.01,
         diversity_weight: float = 0.1,
         feature_pen_weight: float = 10.0,
+        collapse_recoveries: int = 3,
+        collapse_lr_factor: float = 0.5,
     ) -> None:
+        """`collapse_recoveries`: how often a detected codebook collapse is undone (weights and
+        optimizer state of the last healthy check restored, learning rate times
+        `collapse_lr_factor`) before the run stops with `CodebookCollapseError`; 0 stops at once."""
         super().__init__()
         self.save_hyperparameters()
         overrides = dict(model_overrides or {})
@@ -119,6 +140,8 @@ class Pretrainer(pl.LightningModule):
         if init_from is not None:
             load_backbone_weights(self.model, init_from, backbone)
         self._collapsed_checks = 0  # consecutive collapse checks that found the codebook collapsed
+        self._healthy: dict | None = None  # CPU copy of weights + optimizer at the last healthy check
+        self.recoveries = 0
 
     # ------------------------------------------------------------------ steps
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,19 +177,68 @@ class Pretrainer(pl.LightningModule):
         return self._global_normalised(terms["loss"], out.mask.sum().float())
 
     def _check_collapse(self, code_perplexity: torch.Tensor) -> None:
-        """Warns once when the batch code perplexity stays near its floor, the number of groups G (one
-        codeword per group), at two checks in a row: a collapsed run learns nothing useful."""
+        """Every COLLAPSE_CHECK_EVERY updates: remember a healthy state, or count a collapsed check.
+        Two collapsed checks in a row (one may be a noisy batch) trigger `_recover` after this
+        update's optimizer step (`on_train_batch_end`): a collapsed run learns nothing useful, and a
+        warning alone would let it run on and be checkpointed."""
         if self.global_step % COLLAPSE_CHECK_EVERY:
             return
+        if self.is_collapsed(code_perplexity):
+            self._collapsed_checks += 1
+            self._last_collapsed = (self.global_step, float(code_perplexity))
+        else:
+            self._collapsed_checks = 0
+            self._snapshot_healthy()
+
+    def _snapshot_healthy(self) -> None:
+        if self._trainer is None or not self.trainer.optimizers:
+            return
+        def cpu(t):  # off the device: the copy must not cost accelerator memory
+            return t.detach().to("cpu", copy=True) if torch.is_tensor(t) else copy.deepcopy(t)
+
+        self._healthy = {
+            "step": self.global_step,
+            "model": {k: cpu(v) for k, v in self.model.state_dict().items()},
+            "optimizer": _map_tensors(self.trainer.optimizers[0].state_dict(), cpu),
+        }
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._collapsed_checks >= 2:
+            self._collapsed_checks = 0
+            self._recover()
+
+    def _recover(self) -> None:
+        """Restore the last healthy weights and optimizer state and scale every learning rate (the
+        schedule's base included) by collapse_lr_factor; or stop when the budget is spent or no
+        healthy state was seen. The collapse is an attractor reached by too large steps while the
+        Gumbel temperature is high, so the same state with smaller steps usually stays healthy."""
+        hp = self.hparams
         groups = self.config.latent_groups
-        collapsed = float(code_perplexity) < 1.5 * groups
-        self._collapsed_checks = self._collapsed_checks + 1 if collapsed else 0
-        if self._collapsed_checks == 2:
-            log.warning(
-                "codebook collapse at update %d: code perplexity %.2f is near its floor of %d (one codeword per "
-                "group), so contrastive accuracy is trivially high; lower the learning rate, lengthen the warmup "
-                "or raise diversity_weight", self.global_step, float(code_perplexity), groups,
+        step, perplexity = self._last_collapsed
+        what = (f"codebook collapse at update {step}: code perplexity "
+                f"{perplexity:.2f} is near its floor of {groups} (one codeword per group)")
+        if self._healthy is None or self.recoveries >= hp.collapse_recoveries:
+            why = ("no healthy state was seen before it" if self._healthy is None
+                   else f"{self.recoveries} recoveries with a lower learning rate did not prevent it")
+            raise CodebookCollapseError(
+                f"{what}; {why}. Lower the learning rate, lengthen the warmup or raise diversity_weight."
             )
+        self.recoveries += 1
+        self.model.load_state_dict(self._healthy["model"])
+        optimizer = self.trainer.optimizers[0]
+        optimizer.load_state_dict(self._healthy["optimizer"])  # moves state to the params' device
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler  # LambdaLR: lr = base_lr * lambda(step)
+            sched.base_lrs = [lr * hp.collapse_lr_factor for lr in sched.base_lrs]
+            for group, base, fn in zip(optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+                group["lr"] = base * fn(sched.last_epoch)
+        scale = hp.collapse_lr_factor**self.recoveries
+        log.warning(
+            "%s; recovery %d of %d: restored the weights and optimizer state of update %d and scaled the "
+            "learning rate by %g (now %g of the configured one)", what, self.recoveries, hp.collapse_recoveries,
+            self._healthy["step"], hp.collapse_lr_factor, scale,
+        )
+        self.log("train/collapse_recoveries", float(self.recoveries), on_step=True, on_epoch=False)
 
     @staticmethod
     def _global_normalised(loss: torch.Tensor, masked_frames: torch.Tensor) -> torch.Tensor:
@@ -193,7 +265,20 @@ class Pretrainer(pl.LightningModule):
         gen = torch.Generator(device=audio.device).manual_seed(batch_idx)
         out = self._forward(batch, gen)
         terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
-        self._log_terms("val", terms, audio.shape[0])
+        # A collapsed codebook makes the contrastive task trivial (the distractors that share the
+        # positive's codes are masked out), so its val/loss is the lowest of the run and a
+        # ModelCheckpoint monitoring val/loss (mode min) would keep exactly the collapsed model. A
+        # collapsed batch therefore reports val/loss = +inf (never "better" than a finite value, and
+        # not NaN, which Lightning's checkpointing handles inconsistently); the epoch mean is then
+        # +inf as soon as one batch collapsed. val/collapsed is the share of collapsed batches.
+        collapsed = self.is_collapsed(terms["code_perplexity"])
+        if collapsed:
+            terms = {**terms, "loss": torch.full_like(terms["loss"], float("inf"))}
+        self._log_terms("val", terms, audio.shape[0], collapsed=float(collapsed))
+
+    def is_collapsed(self, code_perplexity: torch.Tensor) -> bool:
+        """Code perplexity near its floor, the number of groups G (one codeword per group)."""
+        return float(code_perplexity) < COLLAPSE_PERPLEXITY_FACTOR * self.config.latent_groups
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # gradients are unscaled here (AMP) and not yet clipped: the norm clipping acts on
