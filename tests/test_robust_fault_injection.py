@@ -64,8 +64,13 @@ def _log(root: Path) -> str:
 
 
 def _newest_save(folder: Path) -> float:
-    files = [p.stat().st_mtime for p in folder.glob("*.ckpt")] if folder.is_dir() else []
-    return max(files, default=0.0)
+    times = []
+    for path in folder.glob("*.ckpt") if folder.is_dir() else []:
+        try:
+            times.append(path.stat().st_mtime)
+        except FileNotFoundError:  # the run rotates its step-N saves: one listed can be gone by stat()
+            continue
+    return max(times, default=0.0)
 
 
 def _step(path: Path) -> int:
