@@ -5,6 +5,11 @@ conf/finetune/demo.yaml, and prints each command before running it. Everything g
 runs/demo/ (removed first, so a rerun starts clean).
 
     python scripts/demo.py [--out runs/demo] [--pretrain-steps N] [--finetune-steps N]
+    python scripts/demo.py --corpus /tmp/second --out runs/second   # any folder of the same layout
+
+A corpus folder holds unlabeled.jsonl, train.jsonl, dev.jsonl and test.jsonl (and the vocabularies
+beside train.jsonl), as data/demo and scripts/make_second_corpus.py write them. Between fine-tuning
+and the test split, the joint decoders' weight is tuned on the dev split (`evaluate --tune-weight`).
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo", help="where checkpoints, logs and results go")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="override conf/pretrain/demo.yaml")
     parser.add_argument("--finetune-steps", type=int, default=None, help="override conf/finetune/demo.yaml")
+    parser.add_argument("--corpus", default="data/demo", help="folder with {unlabeled,train,dev,test}.jsonl")
+    parser.add_argument("--seed", type=int, default=None, help="seed_everything of both trainings")
+    parser.add_argument("--skip-pretrain", action="store_true", help="fine-tune from a random backbone")
+    parser.add_argument("--pretrain-only", action="store_true", help="stop after pretraining")
+    parser.add_argument("--pretrain-recipe", default="conf/pretrain/demo.yaml")
+    parser.add_argument("--finetune-recipe", default="conf/finetune/demo.yaml")
+    parser.add_argument("--set", nargs="*", default=[], metavar="STAGE:FLAG=VALUE",
+                        help="extra flags for one stage, e.g. finetune:--model.lr=2e-3 pretrain:--trainer.max_time=...")
     args = parser.parse_args(argv)
 
     out = (ROOT / args.out).resolve()
@@ -76,23 +89,41 @@ def main(argv: list[str] | None = None) -> int:
 
     print("== 1/3 pretraining the tiny preset on the demo's unlabeled audio")
     # the recipe file comes last: its settings (e.g. the batch size) win over the data and trainer files'
+    corpus = Path(args.corpus).resolve()
+    seed = [f"--seed_everything={args.seed}"] if args.seed is not None else []
+    extra = {"pretrain": [], "finetune": []}
+    for item in args.set:
+        stage, _, flag = item.partition(":")
+        if stage not in extra or not flag.startswith("--"):
+            parser.error(f"--set {item!r}: expected pretrain:--flag=value or finetune:--flag=value")
+        extra[stage].append(flag)
     pretrain = ["pretrain", "fit", "--config", "conf/data/demo_pretrain.yaml", "--config", "conf/trainer/cpu.yaml",
-                "--config", "conf/pretrain/demo.yaml", *logger_flags("pretrain")]
+                "--config", args.pretrain_recipe, *logger_flags("pretrain"), *seed,
+                f"--data.train_manifest={_shown(corpus / 'unlabeled.jsonl')}", f"--data.val_manifest={_shown(corpus / 'dev.jsonl')}",
+                *extra["pretrain"]]
     if args.pretrain_steps:
         pretrain += [f"--trainer.max_steps={args.pretrain_steps}", f"--model.total_steps={args.pretrain_steps}"]
-    run(pretrain, out / "pretrain.log")
     pretrained = out / "pretrain" / "checkpoints" / "last.ckpt"
-    pretrain_csv = out / "pretrain" / "version_0" / "metrics.csv"
-    for key, what in (("train/loss", "loss"), ("train/accuracy", "contrastive accuracy"),
-                      ("train/code_perplexity", "code perplexity")):
-        curve = loss_curve(pretrain_csv, key)
-        if curve:
-            (s0, v0), (s1, v1) = curve[0], curve[-1]
-            print(f"  pretraining {what}: {v0:.3f} at step {s0} -> {v1:.3f} at step {s1}")
+    if args.skip_pretrain:
+        print("  skipped (--skip-pretrain): fine-tuning starts from a random backbone")
+    else:
+        run(pretrain, out / "pretrain.log")
+        pretrain_csv = out / "pretrain" / "version_0" / "metrics.csv"
+        for key, what in (("train/loss", "loss"), ("train/accuracy", "contrastive accuracy"),
+                          ("train/code_perplexity", "code perplexity")):
+            curve = loss_curve(pretrain_csv, key)
+            if curve:
+                (s0, v0), (s1, v1) = curve[0], curve[-1]
+                print(f"  pretraining {what}: {v0:.3f} at step {s0} -> {v1:.3f} at step {s1}")
 
+    if args.pretrain_only:
+        return 0
     print("\n== 2/3 fine-tuning the multi-task model (jamo CTC + syllable CTC) from it")
     finetune = ["finetune", "fit", "--config", "conf/data/demo.yaml", "--config", "conf/trainer/cpu.yaml",
-                "--config", "conf/finetune/demo.yaml", f"--model.init_from={pretrained}", *logger_flags("finetune")]
+                "--config", args.finetune_recipe, *logger_flags("finetune"), *seed,
+                *([] if args.skip_pretrain else [f"--model.init_from={pretrained}"]),
+                f"--data.train_manifest={_shown(corpus / 'train.jsonl')}", f"--data.val_manifest={_shown(corpus / 'dev.jsonl')}",
+                f"--data.test_manifest={_shown(corpus / 'test.jsonl')}", *extra["finetune"]]
     if args.finetune_steps:
         finetune += [f"--trainer.max_steps={args.finetune_steps}", f"--model.total_steps={args.finetune_steps}"]
     run(finetune, out / "finetune.log")
@@ -102,13 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         (s0, l0), (s1, l1) = curve[0], curve[-1]
         print(f"  fine-tuning loss: {l0:.3f} at step {s0} -> {l1:.3f} at step {s1}")
 
-    print("\n== 3/3 decoding the test split")
+    print("\n== 3/3 tuning the joint weight on the dev split, then decoding the test split")
+    run(["evaluate", str(finetuned), _shown(corpus / "dev.jsonl"), "--tune-weight", "--out", str(out / "tune")],
+        out / "tune.log")
+    tuned = json.loads((out / "tune" / "summary.json").read_text())["tuning"]["weights"]
+    print(f"  syllable weights tuned on dev: {tuned}")
     results = out / "eval"
-    run(["evaluate", str(finetuned), "data/demo/test.jsonl", "--decoder", *DECODERS, "--out", str(results)],
+    run(["evaluate", str(finetuned), _shown(corpus / "test.jsonl"), "--decoder", *DECODERS, "--out", str(results)],
         out / "evaluate.log")
     summary = json.loads((results / "summary.json").read_text())
 
-    print(f"\nDemo test split ({summary.get('utterances', '?')} utterances), fine-tuned model {_shown(finetuned)}:\n")
+    print(f"\nTest split of {_shown(corpus.resolve())} ({summary.get('utterances', '?')} utterances), "
+          f"fine-tuned model {_shown(finetuned)}:\n")
     print("| decoder | CER % | WER % | sWER % | OOV-syllable recovery % |")
     print("|---|---|---|---|---|")
     for name, m in summary["decoders"].items():

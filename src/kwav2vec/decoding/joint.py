@@ -126,6 +126,27 @@ def rescore_nbest(
     One computation for every candidate of every utterance and both heads, on the log-probs'
     device (`kwav2vec.decoding.scoring`). Infeasible candidates (more labels than frames allow) score -inf.
     """
+    return rescore_nbest_weights(
+        grapheme_nbest, syllable_nbest, grapheme_log_probs, syllable_log_probs, lengths,
+        grapheme_vocab, syllable_vocab, [config.syllable_weight], config, lm_scorer,
+    )[0]
+
+
+def rescore_nbest_weights(
+    grapheme_nbest: Sequence[Sequence[Hypothesis]],
+    syllable_nbest: Sequence[Sequence[Hypothesis]],
+    grapheme_log_probs: Tensor,
+    syllable_log_probs: Tensor,
+    lengths: Tensor,
+    grapheme_vocab: Vocabulary,
+    syllable_vocab: Vocabulary,
+    weights: Sequence[float],
+    config: JointConfig = JointConfig(mode="rescore"),
+    lm_scorer: Callable[[str], float] | None = None,
+) -> list[list[list[Hypothesis]]]:
+    """`rescore_nbest` at each λ in `weights` (config.syllable_weight is ignored) -> one result per
+    weight. The CTC likelihoods, the costly part, are computed once for all of them: this is what
+    tuning λ on a validation split (`kwav2vec evaluate --tune-weight`) runs."""
     B = grapheme_log_probs.shape[0]
     if not (len(grapheme_nbest) == len(syllable_nbest) == B):
         raise ValueError(
@@ -134,6 +155,9 @@ def rescore_nbest(
         )
     if config.lm_weight and lm_scorer is None:
         raise ValueError("lm_weight is set but no lm_scorer was given")
+    for lam in weights:
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"syllable weights must lie in [0, 1], got {lam}")
     k = config.candidates_per_head
     texts = [
         list(dict.fromkeys(h.text for h in (*g[:k], *s[:k])))
@@ -156,40 +180,44 @@ def rescore_nbest(
             ),
         ]
     )
-    lam = config.syllable_weight
-    # A head with weight 0 is left out entirely (0 · -inf would be NaN).
-    score = torch.zeros_like(ll_syllable)
-    if lam > 0:
-        score = score + lam * ll_syllable
-    if lam < 1:
-        score = score + (1 - lam) * ll_grapheme
     flat_texts = [t for ts in texts for t in ts]
     lm = (
         [lm_scorer(t) for t in flat_texts]
         if lm_scorer is not None and config.lm_weight
         else [0.0] * len(flat_texts)
     )
-    if config.length_bonus:
-        score = score + config.length_bonus * torch.tensor(
-            [len(t.replace(" ", "")) for t in flat_texts], device=device
-        )
-    if config.lm_weight:
-        score = score + config.lm_weight * torch.tensor(lm, dtype=score.dtype, device=device)
-    rows = list(zip(flat_texts, score.tolist(), ll_grapheme.tolist(), ll_syllable.tolist(), lm, strict=True))
-    out, start = [], 0
-    for ts in texts:
-        utterance = rows[start : start + len(ts)]
-        start += len(ts)
-        # Exact ties (at λ = 1 an OOV spelling and "⁇" share one syllable score) go to the
-        # candidate both heads like better together; then to the earlier one (stable sort).
-        utterance.sort(key=lambda r: (r[1], r[2] + r[3]), reverse=True)
-        out.append(
-            [
-                Hypothesis(t, s, {"grapheme": g, "syllable": y, "lm": m})
-                for t, s, g, y, m in utterance[: config.nbest]
-            ]
-        )
-    return out
+    bonus = (
+        config.length_bonus * torch.tensor([len(t.replace(" ", "")) for t in flat_texts], device=device)
+        if config.length_bonus else None
+    )
+    results = []
+    for lam in weights:
+        # A head with weight 0 is left out entirely (0 · -inf would be NaN).
+        score = torch.zeros_like(ll_syllable)
+        if lam > 0:
+            score = score + lam * ll_syllable
+        if lam < 1:
+            score = score + (1 - lam) * ll_grapheme
+        if bonus is not None:
+            score = score + bonus
+        if config.lm_weight:
+            score = score + config.lm_weight * torch.tensor(lm, dtype=score.dtype, device=device)
+        rows = list(zip(flat_texts, score.tolist(), ll_grapheme.tolist(), ll_syllable.tolist(), lm, strict=True))
+        out, start = [], 0
+        for ts in texts:
+            utterance = rows[start : start + len(ts)]
+            start += len(ts)
+            # Exact ties (at λ = 1 an OOV spelling and "⁇" share one syllable score) go to the
+            # candidate both heads like better together; then to the earlier one (stable sort).
+            utterance.sort(key=lambda r: (r[1], r[2] + r[3]), reverse=True)
+            out.append(
+                [
+                    Hypothesis(t, s, {"grapheme": g, "syllable": y, "lm": m})
+                    for t, s, g, y, m in utterance[: config.nbest]
+                ]
+            )
+        results.append(out)
+    return results
 
 
 class JointDecoder(PoolOwner):

@@ -246,6 +246,9 @@ def export_onnx(finetuner: nn.Module, out_dir: str | os.PathLike, quantize: str 
         if vocab is not None:
             write_tokens(vocab, out / tokens_file(h))
     config = decoder_config(finetuner, heads, outputs, opset, "int8-dynamic" if quantize else None)
+    tuned = getattr(finetuner, "tuned_weights", None)
+    if tuned:  # the checkpoint's tuned joint weights travel with the export
+        config["decoding"] = {"syllable_weight": dict(tuned)}
     with open(out / CONFIG_FILE, "w", encoding="utf-8") as f:
         json.dump(config, f, ensure_ascii=False, indent=2)
         f.write("\n")

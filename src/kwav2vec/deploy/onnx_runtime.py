@@ -25,6 +25,7 @@ import torch
 from kwav2vec.deploy.onnx_export import CONFIG_FILE, FORMAT, FORMAT_VERSION, HEADS, INPUT_NAMES, INSTALL_HINT
 from kwav2vec.inference.decoders import MultiDecoder
 from kwav2vec.inference.predict import DecodingWriter, PredictDataModule, RankResults, Source, gather_results
+from kwav2vec.inference.tune import stored_entry
 from kwav2vec.text.vocab import SPECIALS, Vocabulary
 
 
@@ -80,6 +81,7 @@ class OnnxModel:
         self.grapheme_vocab = vocabs.get("grapheme")
         self.syllable_vocab = vocabs.get("syllable")
         self.receptive_field = int(self.config["receptive_field"])
+        self.tuned_weights = stored_entry(self.config)  # `evaluate --tune-weight`, or carried from the .ckpt
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

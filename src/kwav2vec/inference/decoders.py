@@ -27,7 +27,7 @@ from torch import Tensor
 
 from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis, PoolOwner, run_searches
 from kwav2vec.decoding.greedy import best_path_ids
-from kwav2vec.decoding.joint import JointConfig, rescore_nbest, union_nbest
+from kwav2vec.decoding.joint import JointConfig, rescore_nbest_weights, union_nbest
 from kwav2vec.decoding.torch_beam import BACKENDS, beam_searcher
 from kwav2vec.text.vocab import Vocabulary
 
@@ -83,7 +83,10 @@ class MultiDecoder(PoolOwner):
         grapheme_vocab, syllable_vocab: the checkpoint's vocabularies.
         beam_width: beam width of every beam search (single-head and joint alike).
         nbest: hypotheses kept per utterance and decoder.
-        syllable_weight: the joint decoders' w (union) / λ (rescore).
+        syllable_weight: the joint decoders' w (union) / λ (rescore): one value for both, or one per
+            mode ({"union": w, "rescore": λ}, as `evaluate --tune-weight` stores them).
+        weight_grid: also decode every joint decoder at each of these weights, as outputs named
+            `<decoder>@<weight>` (`weighted_name`); the beam searches and CTC scores are shared.
         num_processes: pyctcdecode worker processes (0: search in this process).
         beam_backend: "torch" (batched search on the log-probs' device) or "pyctcdecode".
     """
@@ -96,9 +99,10 @@ class MultiDecoder(PoolOwner):
         *,
         beam_width: int = 100,
         nbest: int = 1,
-        syllable_weight: float = 0.5,
+        syllable_weight: float | dict[str, float] = 0.5,
         num_processes: int = 0,
         beam_backend: str = DEFAULT_BEAM_BACKEND,
+        weight_grid: Sequence[float] = (),
     ) -> None:
         super().__init__(num_processes)
         if beam_backend not in BACKENDS:
@@ -108,9 +112,15 @@ class MultiDecoder(PoolOwner):
         self.names = list(names)
         self.vocabs = {"grapheme": grapheme_vocab, "syllable": syllable_vocab}
         self.nbest = nbest
-        self.joint_configs = {
-            mode: JointConfig(mode=mode, syllable_weight=syllable_weight) for mode in JOINT_MODES
-        }
+        weights = syllable_weight if isinstance(syllable_weight, dict) else dict.fromkeys(JOINT_MODES, syllable_weight)
+        self.joint_configs = {mode: JointConfig(mode=mode, syllable_weight=weights[mode]) for mode in JOINT_MODES}
+        self.weight_grid = [float(w) for w in weight_grid]
+        for w in self.weight_grid:
+            JointConfig(syllable_weight=w)  # raises outside [0, 1]
+        # every output of `decode`: the decoders, then each joint decoder at each grid weight
+        self.output_names = self.names + [
+            weighted_name(name, w) for name in self.names if name.startswith("joint-") for w in self.weight_grid
+        ]
         needed: set[str] = set()  # heads whose beam search some decoder uses
         for name in names:
             kind, variant = name.split("-")
@@ -162,15 +172,17 @@ class MultiDecoder(PoolOwner):
             else:
                 (g_nbest, g_seconds), (s_nbest, s_seconds) = search("grapheme"), search("syllable")
                 start = time.perf_counter()
+                weights = [self.joint_configs[variant].syllable_weight, *self.weight_grid]
                 if variant == "union":
-                    w = self.joint_configs["union"].syllable_weight
-                    joint = [union_nbest(g, s, w) for g, s in zip(g_nbest, s_nbest, strict=True)]
+                    joints = [[union_nbest(g, s, w) for g, s in zip(g_nbest, s_nbest, strict=True)] for w in weights]
                 else:
-                    joint = rescore_nbest(
+                    joints = rescore_nbest_weights(
                         g_nbest, s_nbest, grapheme_log_probs, syllable_log_probs, lengths,
-                        self.vocabs["grapheme"], self.vocabs["syllable"], self.joint_configs["rescore"],
+                        self.vocabs["grapheme"], self.vocabs["syllable"], weights, self.joint_configs["rescore"],
                     )
-                out[name] = [_decoded(hyps[: self.nbest]) for hyps in joint]
+                out[name] = [_decoded(hyps[: self.nbest]) for hyps in joints[0]]
+                for w, joint in zip(self.weight_grid, joints[1:], strict=True):
+                    out[weighted_name(name, w)] = [_decoded(hyps[: self.nbest]) for hyps in joint]
                 self.seconds[name] += g_seconds + s_seconds + time.perf_counter() - start
         return out
 
@@ -186,6 +198,11 @@ class MultiDecoder(PoolOwner):
             text = " ".join(vocab.decode(row).split())
             results.append(Decoded(text, score, [Hypothesis(text, score, {"acoustic": score})]))
         return results
+
+
+def weighted_name(name: str, weight: float) -> str:
+    """The output name of joint decoder `name` at syllable weight `weight`: joint-rescore@0.3."""
+    return f"{name}@{weight:g}"
 
 
 def _decoded(hyps: list[Hypothesis]) -> Decoded:
@@ -207,8 +224,9 @@ def add_decoder_arguments(parser, *, multiple: bool) -> None:
     parser.add_argument("--joint-mode", choices=JOINT_MODES, default="union",
                         help="joint combination when not named in --decoder: union (K-wav2vec) or rescore "
                         "(exact CTC scores of both heads) (default: union)")
-    parser.add_argument("--syllable-weight", type=float, default=0.5,
-                        help="joint decoders: the syllable head's weight w / λ in [0, 1] (default: 0.5)")
+    parser.add_argument("--syllable-weight", type=float, default=None,
+                        help="joint decoders: the syllable head's weight w / λ in [0, 1] (default: the "
+                        "weight `evaluate --tune-weight` stored in the checkpoint, else 0.5)")
     parser.add_argument("--beam-width", type=int, default=100,
                         help="beam width of every beam search (default: 100, as K-wav2vec)")
     parser.add_argument("--beam-backend", choices=BACKENDS, default=DEFAULT_BEAM_BACKEND,

@@ -2,6 +2,12 @@
 
     kwav2vec evaluate runs/finetune/.../last.ckpt data/demo/test.jsonl --decoder greedy joint:union joint:rescore
     kwav2vec evaluate CKPT test.jsonl --decoder joint --trainer.accelerator gpu --trainer.devices 4 --trainer.strategy ddp
+    kwav2vec evaluate CKPT dev.jsonl --tune-weight      # set the joint weights on a validation split
+
+`--tune-weight` scores every joint decoder (both, when none is named) at the syllable weights
+0, 0.1, ..., 1 in the same pass, stores the best per mode in the checkpoint (or the ONNX export's
+JSON), and later runs use it when `--syllable-weight` is not given (`kwav2vec.inference.tune`).
+Tune on a validation split, never on the test split you report.
 
 One forward pass feeds every decoder given. Writes to --out (default runs/evaluate/<manifest name>):
 - `<decoder>.tsv`: id, ref, hyp, char_errors, ref_chars per utterance, in manifest order
@@ -39,6 +45,7 @@ from kwav2vec.inference.predict import (
     too_short_message,
 )
 from kwav2vec.inference.report import format_table, metrics_summary, scored_rows, write_json, write_tsv
+from kwav2vec.inference.tune import GRID, joint_names, store_weights, syllable_weights, tune
 from kwav2vec.metrics import normalize_for_scoring
 
 PROG = "kwav2vec evaluate"
@@ -50,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output folder (default: runs/evaluate/<manifest name>)")
     parser.add_argument("--audio-root", default=None, help="folder relative audio paths are resolved against")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tune-weight", action="store_true",
+                        help="choose the joint decoders' syllable weight on this (validation) manifest and "
+                        "store it in the checkpoint")
     add_backend_arguments(parser)
     add_prediction_arguments(parser, multiple_decoders=True)
     return parser
@@ -60,6 +70,8 @@ def main(argv: list[str]) -> int:
     quiet_lightning()
     try:
         names = parse_decoders(args.decoder, args.head, args.joint_mode)
+        if args.tune_weight and not joint_names(names):
+            names += ["joint-union", "joint-rescore"]
         chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
         entries = read_manifest(args.manifest, audio_root=args.audio_root, require_norm=True)
         model = load_model(args)
@@ -75,10 +87,13 @@ def main(argv: list[str]) -> int:
         return 2
     sources = [Source(i, e.id, e.path, e.num_samples, e.norm) for i, e in enumerate(entries)]
 
+    weights = syllable_weights(args.syllable_weight, model)
+
     def make_decoder(module) -> MultiDecoder:
         return MultiDecoder(
             names, module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
-            syllable_weight=args.syllable_weight, num_processes=args.decode_workers, beam_backend=args.beam_backend,
+            syllable_weight=weights, num_processes=args.decode_workers, beam_backend=args.beam_backend,
+            weight_grid=GRID if args.tune_weight else (),
         )
 
     gathered, wall, world_size = predict(model, sources, make_decoder, args, progress_bar=not args.no_progress)
@@ -134,10 +149,12 @@ def main(argv: list[str]) -> int:
         ],
         "beam_width": args.beam_width,
         "beam_backend": args.beam_backend,
-        "syllable_weight": args.syllable_weight,
+        "syllable_weight": weights,
         "known_syllables": len(known),
         "decoders": decoders,
     }
+    if args.tune_weight:
+        summary["tuning"] = tune_and_store(args, names, sources, results, order, weights)
     write_json(out_dir / "summary.json", summary)
 
     print(f"{args.manifest}: {len(order)} utterances, {audio_seconds:.1f} s of audio, "
@@ -154,3 +171,27 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: warning: {c['path']} (utterance {c['id']}): {too_short_message(c['num_samples'])}; "
               "scored as an empty hypothesis", file=sys.stderr)
     return 1 if skipped or too_short or not order else 0
+
+
+def tune_and_store(args, names, sources, results, order, current) -> dict:
+    """Character errors of every joint decoder at every GRID weight -> the chosen weights, stored."""
+    ids, refs = [sources[i].id for i in order], [sources[i].ref for i in order]
+    errors = {
+        name: {w: sum(r.char_errors for r in scored_rows(ids, refs, [results[i].decoded[f"{name}@{w:g}"].text
+                                                                     for i in order]))
+               for w in GRID}
+        for name in joint_names(names)
+    }
+    chosen = tune(errors)
+    before = current if isinstance(current, dict) else {"union": current, "rescore": current}
+    modes = {**before, **chosen}  # a mode not decoded keeps its weight
+    ref_chars = sum(len(normalize_for_scoring(r)) for r in refs)
+    record = {"tuned_on": os.path.abspath(args.manifest), "utterances": len(order),
+              "cer": {name: errors[name][chosen[name.split("-", 1)[1]]] / ref_chars for name in errors}}
+    store_weights(args.checkpoint, modes, record)
+    for name, by_weight in errors.items():
+        curve = "  ".join(f"{w:g}:{e / ref_chars:.3f}" for w, e in by_weight.items())
+        print(f"{name}: CER by syllable weight  {curve}")
+    print(f"stored syllable weights {modes} in {args.checkpoint} (tuned on {args.manifest})")
+    return {"weights": modes, "errors": {n: {f"{w:g}": e for w, e in d.items()} for n, d in errors.items()},
+            "ref_chars": ref_chars, **record}

@@ -305,8 +305,8 @@ class DecodingWriter(pl.Callback):
             empty = Decoded("", 0.0, [Hypothesis("", 0.0, {})])  # 0 frames: the empty path, probability 1
             res.utterances.append(UtteranceResult(
                 index=clip["index"], id=clip["id"], path=path, num_samples=clip["num_samples"], frames=0,
-                decoded={name: empty for name in self.decoder.names},
-                words={name: ([], "no frames") for name in self.decoder.names} if self.times else {},
+                decoded={name: empty for name in self.decoder.output_names},
+                words={name: ([], "no frames") for name in self.decoder.output_names} if self.times else {},
             ))
         if list(outputs["ids"]) != list(batch["ids"]):
             raise RuntimeError(

@@ -36,6 +36,7 @@ from kwav2vec.inference.predict import (
     too_short_message,
 )
 from kwav2vec.inference.subtitles import FORMATS, render, segments
+from kwav2vec.inference.tune import syllable_weights
 
 PROG = "kwav2vec transcribe"
 
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
         def make_decoder(module) -> MultiDecoder:
             return MultiDecoder(
                 [name], module.grapheme_vocab, module.syllable_vocab, beam_width=args.beam_width,
-                nbest=args.nbest if args.json else 1, syllable_weight=args.syllable_weight,
+                nbest=args.nbest if args.json else 1, syllable_weight=syllable_weights(args.syllable_weight, module),
                 num_processes=args.decode_workers, beam_backend=args.beam_backend,
             )
 

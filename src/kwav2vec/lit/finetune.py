@@ -247,6 +247,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         # the resolved tokens in on_save_checkpoint
         self.save_hyperparameters()
         self.heads_used = tuple(h for h in HEADS if (mtl_weight > 0 if h == "syllable" else mtl_weight < 1))
+        self.tuned_weights: dict[str, float] | None = None  # joint decoding weights, see on_load_checkpoint
 
         init = read_init_checkpoint(init_from) if init_from is not None else None
         if backbone_config is not None:
@@ -590,6 +591,13 @@ class HierarchicalFineTuner(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keeps the joint weights `evaluate --tune-weight` stored (kwav2vec.inference.tune); they are
+        not saved again: after more training they belong to other weights."""
+        from kwav2vec.inference.tune import stored_entry
+
+        self.tuned_weights = stored_entry(checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Makes the checkpoint self-contained for `load_from_checkpoint(path)`: the resolved backbone
         config and both vocabularies' tokens go into the hyper-parameters (a copy Lightning made), and

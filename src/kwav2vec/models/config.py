@@ -55,6 +55,11 @@ class Wav2Vec2Config:
     latent_temp: tuple[float, float, float] = (2.0, 0.5, 0.999995)  # Gumbel (start, end, decay per update)
     logit_temp: float = 0.1  # cosine similarity is divided by this
     num_negatives: int = 100  # distractors per masked frame, from masked frames of the same utterance
+    # A distractor quantized to the positive's codes: "mask" drops it (logit -inf, as fairseq and
+    # transformers do); "keep" scores it like any other. Masking makes a collapsed codebook (one code
+    # for every frame) a contrastive loss of exactly 0, the global minimum, which small codebooks on
+    # small corpora fall into (see kwav2vec.models.losses); keeping it makes that state chance level.
+    same_code_negatives: str = "mask"
     # --- masking (pretraining; fine-tuning passes its own probabilities to `encode`) ---
     mask_prob: float = 0.65  # fraction of frames chosen as span *starts* (about 49% of frames end masked)
     mask_length: int = 10  # span length in frames
@@ -70,6 +75,8 @@ class Wav2Vec2Config:
         self.latent_temp = tuple(float(t) for t in self.latent_temp)
         if len(self.latent_temp) != 3:
             raise ValueError(f"latent_temp must be (start, end, decay), got {self.latent_temp!r}")
+        if self.same_code_negatives not in ("mask", "keep"):
+            raise ValueError(f"same_code_negatives must be 'mask' or 'keep', got {self.same_code_negatives!r}")
         if self.extractor_mode not in ("default", "layer_norm"):
             raise ValueError(f"extractor_mode must be 'default' or 'layer_norm', got {self.extractor_mode!r}")
         if self.activation_fn != "gelu":

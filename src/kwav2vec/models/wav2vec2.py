@@ -260,7 +260,8 @@ class Wav2Vec2Model(nn.Module):
                 raise ValueError(f"negative_indices must lie in [0, {M}) (the masked frames of each utterance)")
 
         projected = self.final_proj(x[mask].view(B, M, -1))  # (B, M, F)
-        logits = contrastive_logits(projected, targets, negative_indices, self.cfg.logit_temp, codes)
+        logits = contrastive_logits(projected, targets, negative_indices, self.cfg.logit_temp,
+                                    codes if self.cfg.same_code_negatives == "mask" else None)
         return PretrainOutput(
             logits=logits, x=x, projected=projected, targets=targets, codes=codes, mask=mask,
             negative_indices=negative_indices, frame_lengths=frames, features_pen=features_pen,
