@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
-STAGES = ("seeds", "demo", "second", "scratch", "long")
+STAGES = ("second", "demo", "scratch", "seeds", "long")
 PLATEAU_FACTOR = 0.8
 
 
@@ -122,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                        check=True)
     corpora = {"demo": DEMO, "second": second}
     results: dict = {}
+    for stage, corpus, flags in (("second", second, ()), ("demo", DEMO, ()),
+                                 ("scratch", second, ("--skip-pretrain",)),
+                                 ("long", second, ("--pretrain-recipe", "conf/pretrain/demo_long.yaml",
+                                                    "--finetune-recipe", "conf/finetune/demo_long.yaml"))):
+        if stage in args.stages:
+            minutes = demo_py(corpus, out / stage, "--seed", "0", *flags)
+            results[stage] = {"minutes": minutes, **pipeline_figures(out / stage)}
+            print_pipeline(stage, results[stage], minutes)
     if "seeds" in args.stages:
         print("\n### pretraining alone, conf/pretrain/demo.yaml\n| corpus | seed | minutes | updates | "
               "code perplexity start / min / end | accuracy end | collapse recoveries | collapsed validation |")
@@ -135,14 +143,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {name} | {seed} | {minutes:.1f} | {p['updates']} | {p['ppl_start']:.1f} / {p['ppl_min']:.1f}"
                       f" / {p['ppl_end']:.1f} | {p['accuracy_end']:.3f} | {p['recoveries']} | "
                       f"{p['collapsed_validation']} |", flush=True)
-    for stage, corpus, flags in (("demo", DEMO, ()), ("second", second, ()),
-                                 ("scratch", second, ("--skip-pretrain",)),
-                                 ("long", second, ("--pretrain-recipe", "conf/pretrain/demo_long.yaml",
-                                                    "--finetune-recipe", "conf/finetune/demo_long.yaml"))):
-        if stage in args.stages:
-            minutes = demo_py(corpus, out / stage, "--seed", "0", *flags)
-            results[stage] = {"minutes": minutes, **pipeline_figures(out / stage)}
-            print_pipeline(stage, results[stage], minutes)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out / 'results.json'}")

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed_everything of both trainings")
     parser.add_argument("--skip-pretrain", action="store_true", help="fine-tune from a random backbone")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after pretraining")
+    parser.add_argument("--init-from", default=None, help="fine-tune from this pretrained checkpoint (no pretraining)")
     parser.add_argument("--pretrain-recipe", default="conf/pretrain/demo.yaml")
     parser.add_argument("--finetune-recipe", default="conf/finetune/demo.yaml")
     parser.add_argument("--set", nargs="*", default=[], metavar="STAGE:FLAG=VALUE",
@@ -103,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 *extra["pretrain"]]
     if args.pretrain_steps:
         pretrain += [f"--trainer.max_steps={args.pretrain_steps}", f"--model.total_steps={args.pretrain_steps}"]
-    pretrained = out / "pretrain" / "checkpoints" / "last.ckpt"
-    if args.skip_pretrain:
+    pretrained = Path(args.init_from).resolve() if args.init_from else out / "pretrain" / "checkpoints" / "last.ckpt"
+    if args.init_from:
+        print(f"  skipped: fine-tuning starts from {_shown(pretrained)}")
+    elif args.skip_pretrain:
         print("  skipped (--skip-pretrain): fine-tuning starts from a random backbone")
     else:
         run(pretrain, out / "pretrain.log")

@@ -30,7 +30,7 @@ from kwav2vec.checkpoints.reader import (
 from kwav2vec.decoding.greedy import greedy_decode
 from kwav2vec.lit.guards import safety_callbacks
 from kwav2vec.lit.pretrain import load_backbone_weights
-from kwav2vec.lit.schedules import tri_stage_schedule
+from kwav2vec.lit.schedules import BudgetClock, tri_stage_schedule
 from kwav2vec.metrics import normalize_for_scoring, oov_recovery_counts, space_normalize
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.ctc_loss import CTCTerms, ctc_log_probs, ctc_terms, multitask_ctc_loss
@@ -585,8 +585,10 @@ class HierarchicalFineTuner(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
         )
+        clock = BudgetClock(self._total_steps())  # a max_time cap finishes the schedule too
+        clock.trainer = self._trainer
         scheduler = tri_stage_schedule(
-            optimizer, self._total_steps(), tuple(hp.phase_ratio), hp.init_lr_scale, hp.final_lr_scale
+            optimizer, clock.total_steps, tuple(hp.phase_ratio), hp.init_lr_scale, hp.final_lr_scale, clock
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

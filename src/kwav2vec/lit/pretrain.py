@@ -18,7 +18,7 @@ import torch
 
 from kwav2vec.checkpoints.reader import read_backbone_checkpoint
 from kwav2vec.lit.guards import safety_callbacks
-from kwav2vec.lit.schedules import polynomial_decay_schedule
+from kwav2vec.lit.schedules import BudgetClock, polynomial_decay_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.losses import pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
@@ -305,5 +305,8 @@ class Pretrainer(pl.LightningModule):
             params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
         )
         total = self._total_steps()
-        scheduler = polynomial_decay_schedule(optimizer, min(hp.warmup_steps, total), total, hp.end_lr_ratio, hp.power)
+        clock = BudgetClock(total)  # a max_time cap finishes the schedule too
+        clock.trainer = self._trainer
+        scheduler = polynomial_decay_schedule(optimizer, min(hp.warmup_steps, total), total, hp.end_lr_ratio, hp.power,
+                                              clock)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

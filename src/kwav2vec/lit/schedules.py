@@ -19,6 +19,44 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
+class BudgetClock:
+    """Where a run with a wall-clock cap (`Trainer(max_time=...)`) stands, counted in updates.
+
+    A schedule written in updates assumes the run reaches `total_steps`. Under a time cap on a slower
+    or busier machine it does not: the run stops at the peak learning rate, mid-schedule, and keeps
+    weights that never saw the decay (measured on the CPU demo recipe: a loaded machine cut
+    fine-tuning at 471 of 850 updates). With a cap, the schedule's position is therefore
+    max(updates made, total_steps x elapsed / max_time): whichever of the two budgets runs out first
+    finishes the schedule. Without a cap, or with several processes (each rank would read its own
+    clock and set its own learning rate, and DDP replicas would drift apart), it is the update count.
+
+    Elapsed time is Lightning's Timer's, which is checkpointed, so a resumed run continues the clock.
+    """
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
+        self.trainer = None
+
+    def _timer(self):
+        trainer = self.trainer
+        if trainer is None or getattr(trainer, "world_size", 1) != 1:
+            return None
+        from lightning.pytorch.callbacks import Timer
+
+        return next((cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb._duration), None)
+
+    def position(self, step: int) -> int:
+        """The update count the schedule should be at after `step` updates."""
+        timer = self._timer()
+        if timer is None:
+            return step
+        elapsed = timer.time_elapsed("train")
+        return max(step, min(self.total_steps, int(self.total_steps * elapsed / timer._duration)))
+
+    def wrap(self, factor: Callable[[int], float]) -> Callable[[int], float]:
+        return lambda step: factor(self.position(step))
+
+
 def polynomial_decay_lambda(
     warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0, power: float = 1.0
 ) -> Callable[[int], float]:
@@ -72,9 +110,11 @@ def tri_stage_lambda(
 
 
 def polynomial_decay_schedule(
-    optimizer: Optimizer, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0, power: float = 1.0
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, end_lr_ratio: float = 0.0, power: float = 1.0,
+    clock: BudgetClock | None = None,
 ) -> LambdaLR:
-    return LambdaLR(optimizer, polynomial_decay_lambda(warmup_steps, total_steps, end_lr_ratio, power))
+    factor = polynomial_decay_lambda(warmup_steps, total_steps, end_lr_ratio, power)
+    return LambdaLR(optimizer, clock.wrap(factor) if clock is not None else factor)
 
 
 def tri_stage_schedule(
@@ -83,5 +123,8 @@ def tri_stage_schedule(
     phase_ratio: Sequence[float] = (0.1, 0.4, 0.5),
     init_lr_scale: float = 0.01,
     final_lr_scale: float = 0.05,
+    clock: BudgetClock | None = None,
 ) -> LambdaLR:
-    return LambdaLR(optimizer, tri_stage_lambda(total_steps, phase_ratio, init_lr_scale, final_lr_scale))
+    factor = tri_stage_lambda(total_steps, phase_ratio, init_lr_scale, final_lr_scale)
+    return LambdaLR(optimizer, clock.wrap(factor) if clock is not None else factor)
+
