@@ -35,7 +35,7 @@ from pathlib import Path
 from kwav2vec.data.audio import SAMPLE_RATE
 from kwav2vec.data.manifest import ManifestError, read_manifest
 from kwav2vec.inference.backend import add_backend_arguments, load_model, predict
-from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
+from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders, weighted_name
 from kwav2vec.inference.predict import (
     Source,
     add_prediction_arguments,
@@ -177,7 +177,7 @@ def tune_and_store(args, names, sources, results, order, current) -> dict:
     """Character errors of every joint decoder at every GRID weight -> the chosen weights, stored."""
     ids, refs = [sources[i].id for i in order], [sources[i].ref for i in order]
     errors = {
-        name: {w: sum(r.char_errors for r in scored_rows(ids, refs, [results[i].decoded[f"{name}@{w:g}"].text
+        name: {w: sum(r.char_errors for r in scored_rows(ids, refs, [results[i].decoded[weighted_name(name, w)].text
                                                                      for i in order]))
                for w in GRID}
         for name in joint_names(names)

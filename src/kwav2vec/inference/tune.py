@@ -5,9 +5,9 @@ in fine-tuning, the syllable head usually is: it learns later than the jamo head
 joint result worse than the better head alone. `kwav2vec evaluate CKPT dev.jsonl --tune-weight`
 decodes the split once, scores every joint decoder at each weight of GRID (the beam searches and
 the CTC likelihoods are shared across weights, so this costs about one decoding), and keeps per
-mode the weight with the fewest character errors. The endpoints are in the grid: 0 is the grapheme
-head alone (over both heads' candidates), 1 the syllable head alone, so on the tuning split the
-joint decoder is never worse than its better head at these end points.
+mode the weight with the fewest character errors. The endpoints are in the grid: 0 ranks both heads'
+candidates by the grapheme head alone, 1 by the syllable head alone, so a head that only hurts can
+be switched off.
 
 Ties (common: a whole range of weights often gives the same errors) go to the weight nearest the
 better head's end (0 when the grapheme end has fewer or equal errors), trusting the head that is
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kwav2vec.inference.decoders import JOINT_MODES, weighted_name
+from kwav2vec.inference.decoders import JOINT_MODES
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 DEFAULT_WEIGHT = 0.5
@@ -61,10 +61,6 @@ def tune(errors_by_name: Mapping[str, Mapping[float, int]]) -> dict[str, float]:
 
 def joint_names(names: Sequence[str]) -> list[str]:
     return [n for n in names if n.startswith("joint-")]
-
-
-def grid_outputs(name: str, grid: Sequence[float] = GRID) -> dict[float, str]:
-    return {w: weighted_name(name, w) for w in grid}
 
 
 def store_weights(path: str | os.PathLike, weights: Mapping[str, float], record: Mapping[str, Any]) -> None:
