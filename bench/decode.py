@@ -31,14 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from kwav2vec.data.audio import SAMPLE_RATE  # noqa: E402
 from kwav2vec.data.manifest import read_manifest  # noqa: E402
-from kwav2vec.decoding import (  # noqa: E402
-    BeamSearchConfig,
-    BeamSearchDecoder,
-    JointConfig,
-    JointDecoder,
-    greedy_decode,
-)
-from kwav2vec.decoding.torch_beam import TorchBeamSearchDecoder  # noqa: E402
+from kwav2vec.decoding import MultiDecoder  # noqa: E402
 from kwav2vec.inference.predict import PredictDataset, Source, collate_predict, load_finetuner, shard_batches  # noqa: E402
 from kwav2vec.metrics import cer  # noqa: E402
 from kwav2vec.text.vocab import Vocabulary  # noqa: E402
@@ -134,23 +127,27 @@ def main(argv: list[str] | None = None) -> int:
 def report(gv, sv, batches: list[tuple], refs: list[str], audio_seconds: float, beam_width: int, args) -> dict:
     """Every decoder timed on the same outputs; goals printed against pyctcdecode measured in this run."""
     n = len(refs)
-    beam = BeamSearchConfig(beam_width=beam_width)
-    g_beam, s_beam = BeamSearchDecoder(gv, beam), BeamSearchDecoder(sv, beam)
-    g_torch, s_torch = TorchBeamSearchDecoder(gv, beam), TorchBeamSearchDecoder(sv, beam)
-    pool = BeamSearchDecoder(gv, beam, num_processes=args.pool), BeamSearchDecoder(sv, beam, num_processes=args.pool)
-    union = JointDecoder(gv, sv, JointConfig("union", args.syllable_weight), grapheme_beam=beam, backend="torch")
-    rescore = JointDecoder(gv, sv, JointConfig("rescore", args.syllable_weight), grapheme_beam=beam, backend="torch")
+    # Every decoder through the orchestrator the CLI uses, each in its own MultiDecoder so that
+    # nothing (no search) is shared between them.
+    made: list[MultiDecoder] = []
+
+    def alone(name: str, **options) -> Callable:
+        decoder = MultiDecoder([name], gv, sv, beam_width=beam_width, syllable_weight=args.syllable_weight, **options)
+        made.append(decoder)
+        return lambda g, s, f: [d.text for d in decoder.decode(g, s, f)[name]]
+
+    pyctc = dict(beam_backend="pyctcdecode")
     decoders: dict[str, Callable] = {
-        "greedy-grapheme": lambda g, s, f: greedy_decode(g, f, gv),
-        "greedy-syllable": lambda g, s, f: greedy_decode(s, f, sv),
-        "pyctcdecode-grapheme": lambda g, s, f: g_beam.decode(g, f),
-        "pyctcdecode-syllable": lambda g, s, f: s_beam.decode(s, f),
-        f"pyctcdecode-grapheme pool{args.pool}": lambda g, s, f: pool[0].decode(g, f),
-        f"pyctcdecode-syllable pool{args.pool}": lambda g, s, f: pool[1].decode(s, f),
-        "torch-grapheme cpu": lambda g, s, f: g_torch.decode(g, f),
-        "torch-syllable cpu": lambda g, s, f: s_torch.decode(s, f),
-        "joint-union torch cpu": union.decode,
-        "joint-rescore torch cpu": rescore.decode,
+        "greedy-grapheme": alone("greedy-grapheme"),
+        "greedy-syllable": alone("greedy-syllable"),
+        "pyctcdecode-grapheme": alone("beam-grapheme", **pyctc),
+        "pyctcdecode-syllable": alone("beam-syllable", **pyctc),
+        f"pyctcdecode-grapheme pool{args.pool}": alone("beam-grapheme", num_processes=args.pool, **pyctc),
+        f"pyctcdecode-syllable pool{args.pool}": alone("beam-syllable", num_processes=args.pool, **pyctc),
+        "torch-grapheme cpu": alone("beam-grapheme", beam_backend="torch"),
+        "torch-syllable cpu": alone("beam-syllable", beam_backend="torch"),
+        "joint-union torch cpu": alone("joint-union", beam_backend="torch"),
+        "joint-rescore torch cpu": alone("joint-rescore", beam_backend="torch"),
     }
     if torch.cuda.is_available():
         cuda = [(g.cuda(), s.cuda(), f.cuda(), p) for g, s, f, p in batches]
@@ -163,8 +160,8 @@ def report(gv, sv, batches: list[tuple], refs: list[str], audio_seconds: float, 
         rows[name] = {"seconds": seconds, "cer": cer(refs, texts), "texts": texts}
         print(f"  {name:<28} {n / seconds:9.1f} utt/s   RTF {seconds / audio_seconds:.5f}   "
               f"CER {100 * rows[name]['cer']:6.2f}%", flush=True)
-    for p in pool:
-        p.close()
+    for decoder in made:
+        decoder.close()
     ok = True
     for head in ("grapheme", "syllable"):
         ref, mine = rows[f"pyctcdecode-{head}"], rows[f"torch-{head} cpu"]

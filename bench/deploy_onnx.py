@@ -63,7 +63,7 @@ def random_finetuner(preset: str):
 def build(impl: str, preset: str, folder: str, batch: int, seconds: float, threads: int):
     import torch
 
-    from kwav2vec.inference.decoders import MultiDecoder
+    from kwav2vec.decoding import MultiDecoder
 
     g = torch.Generator().manual_seed(1)
     lengths = torch.full((batch,), int(seconds * SAMPLE_RATE))

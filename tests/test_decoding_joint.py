@@ -15,7 +15,7 @@ from kwav2vec.decoding import (
     BeamSearchDecoder,
     Hypothesis,
     JointConfig,
-    JointDecoder,
+    MultiDecoder,
     rescore_nbest,
     union_nbest,
 )
@@ -44,8 +44,21 @@ def disagreeing_heads():
     return grapheme, syllable, g, s, lengths
 
 
-def joint(grapheme, syllable, **config) -> JointDecoder:
-    return JointDecoder(grapheme, syllable, JointConfig(**config), grapheme_beam=BEAM)
+class Joint:
+    """One joint decoder of `MultiDecoder` on pyctcdecode searches, every candidate kept:
+    .nbest -> Hypothesis lists, .decode -> texts."""
+
+    def __init__(self, grapheme, syllable, mode: str = "union", **options) -> None:
+        self.name = f"joint-{mode}"
+        self.decoder = MultiDecoder(
+            [self.name], grapheme, syllable, beam=BEAM, nbest=None, beam_backend="pyctcdecode", **options
+        )
+
+    def nbest(self, g, s, lengths) -> list[list[Hypothesis]]:
+        return [d.nbest for d in self.decoder.decode(g, s, lengths)[self.name]]
+
+    def decode(self, g, s, lengths) -> list[str]:
+        return [d.text for d in self.decoder.decode(g, s, lengths)[self.name]]
 
 
 def kwav2vec_reference(grapheme_beams, syllable_beams, add_weight):
@@ -74,9 +87,9 @@ def test_joint_recovers_the_syllable_only_the_grapheme_head_spells() -> None:
     grapheme, syllable, g, s, lengths = heads(OOV_TEXT, grapheme_peak=0.95, syllable_peak=0.9)
     assert BeamSearchDecoder(syllable, BEAM).decode(s, lengths) == ["안녕 ⁇"]
     assert BeamSearchDecoder(grapheme, BEAM).decode(g, lengths) == [OOV_TEXT]
-    assert joint(grapheme, syllable, mode="union").decode(g, s, lengths) == [OOV_TEXT]
+    assert Joint(grapheme, syllable, mode="union").decode(g, s, lengths) == [OOV_TEXT]
     for lam in (0.0, 0.3, 0.5, 0.9, 1.0):
-        assert joint(grapheme, syllable, mode="rescore", syllable_weight=lam).decode(g, s, lengths) == [
+        assert Joint(grapheme, syllable, mode="rescore", syllable_weight=lam).decode(g, s, lengths) == [
             OOV_TEXT
         ]
 
@@ -85,14 +98,14 @@ def test_rescore_keeps_the_spelling_where_union_takes_the_unk() -> None:
     # A syllable head far more confident than the grapheme head: K-wav2vec's union keeps its "⁇";
     # rescoring sees both candidates share every syllable score and the jamo decide.
     grapheme, syllable, g, s, lengths = heads(OOV_TEXT, grapheme_peak=0.6, syllable_peak=0.99)
-    assert joint(grapheme, syllable, mode="union").decode(g, s, lengths) == ["안녕 ⁇"]
-    best = joint(grapheme, syllable, mode="rescore").nbest(g, s, lengths)[0]
+    assert Joint(grapheme, syllable, mode="union").decode(g, s, lengths) == ["안녕 ⁇"]
+    best = Joint(grapheme, syllable, mode="rescore").nbest(g, s, lengths)[0]
     assert best[0].text == OOV_TEXT
     unk = next(h for h in best if h.text == "안녕 ⁇")
     assert unk.details["syllable"] == best[0].details["syllable"]  # same ids: 안 녕 | <unk>
     assert unk.details["grapheme"] < best[0].details["grapheme"]
     # At λ = 1 only the syllable score counts; the tie goes to the spelled-out text.
-    top = joint(grapheme, syllable, mode="rescore", syllable_weight=1.0).nbest(g, s, lengths)[0][0]
+    top = Joint(grapheme, syllable, mode="rescore", syllable_weight=1.0).nbest(g, s, lengths)[0][0]
     assert top.text == OOV_TEXT and top.score == unk.details["syllable"]
 
 
@@ -102,8 +115,8 @@ def test_weight_extremes_equal_the_single_heads(mode: str) -> None:
     g_top = BeamSearchDecoder(grapheme, BEAM).nbest(g, lengths)[0][0]
     s_top = BeamSearchDecoder(syllable, BEAM).nbest(s, lengths)[0][0]
     assert (g_top.text, s_top.text) == ("반갑 습니다", "안녕 하세요")
-    only_g = joint(grapheme, syllable, mode=mode, syllable_weight=0.0).nbest(g, s, lengths)[0][0]
-    only_s = joint(grapheme, syllable, mode=mode, syllable_weight=1.0).nbest(g, s, lengths)[0][0]
+    only_g = Joint(grapheme, syllable, mode=mode, syllable_weight=0.0).nbest(g, s, lengths)[0][0]
+    only_s = Joint(grapheme, syllable, mode=mode, syllable_weight=1.0).nbest(g, s, lengths)[0][0]
     assert (only_g.text, only_s.text) == (g_top.text, s_top.text)
     if mode == "union":  # log(1 · P) is the head's own beam score
         assert (only_g.score, only_s.score) == (g_top.score, s_top.score)
@@ -189,7 +202,7 @@ def test_batched_joint_equals_per_utterance(mode: str) -> None:
     g_rows = [random_log_probs(gen, T, len(grapheme)) for T in Ts]
     s_rows = [random_log_probs(gen, T, len(syllable)) for T in Ts]
     (g, lengths), (s, _) = pad_batch(g_rows), pad_batch(s_rows)
-    decoder = joint(grapheme, syllable, mode=mode)
+    decoder = Joint(grapheme, syllable, mode=mode)
     batched = decoder.nbest(g, s, lengths)
     single = [
         decoder.nbest(gr[None], sr[None], torch.tensor([gr.shape[0]]))[0]
@@ -208,12 +221,11 @@ def test_process_pool_equals_sequential_and_closes() -> None:
         pad_batch([random_log_probs(gen, T, len(grapheme)) for T in Ts]),
         pad_batch([random_log_probs(gen, T, len(syllable)) for T in Ts]),
     )
-    expected = joint(grapheme, syllable, mode="rescore").nbest(g, s, lengths)
-    with JointDecoder(
-        grapheme, syllable, JointConfig(mode="rescore"), grapheme_beam=BEAM, num_processes=2
-    ) as decoder:
-        assert decoder.nbest(g, s, lengths) == expected
-        assert decoder.nbest(g, s, lengths) == expected  # the pool is reused
+    expected = Joint(grapheme, syllable, mode="rescore").nbest(g, s, lengths)
+    pooled = Joint(grapheme, syllable, "rescore", num_processes=2)
+    with pooled.decoder as decoder:
+        assert pooled.nbest(g, s, lengths) == expected
+        assert pooled.nbest(g, s, lengths) == expected  # the pool is reused
         pool = decoder.pool
         assert pool is not None
     assert decoder._pool is None
@@ -230,10 +242,10 @@ def test_configuration_and_shape_errors() -> None:
     with pytest.raises(ValueError, match="rescore"):
         JointConfig(mode="union", length_bonus=1.0)
     with pytest.raises(ValueError, match="lm_scorer"):
-        JointDecoder(grapheme, syllable, JointConfig(mode="rescore", lm_weight=0.5))
+        MultiDecoder(["joint-rescore"], grapheme, syllable, lm_weight=0.5)
     with pytest.raises(ValueError, match="grapheme and a syllable"):
-        JointDecoder(syllable, grapheme)
-    decoder = joint(grapheme, syllable)
+        MultiDecoder(["joint-union"], syllable, grapheme)
+    decoder = Joint(grapheme, syllable)
     g = torch.zeros(1, 10, len(grapheme)).log_softmax(-1)
     s = torch.zeros(1, 9, len(syllable)).log_softmax(-1)
     with pytest.raises(ValueError, match="share"):

@@ -13,17 +13,10 @@ from decoding_utils import BLANK, aligned_paths, pad_batch, peaked, random_log_p
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kwav2vec.decoding import (
-    BeamSearchConfig,
-    BeamSearchDecoder,
-    JointConfig,
-    JointDecoder,
-    ctc_log_likelihood,
-)
+from kwav2vec.decoding import BeamSearchConfig, BeamSearchDecoder, MultiDecoder, ctc_log_likelihood
 from kwav2vec.decoding.prefix_search import ctc_prefix_beam_search
 from kwav2vec.decoding.torch_beam import TorchBeamSearchDecoder
 from kwav2vec.inference import evaluate
-from kwav2vec.inference.decoders import MultiDecoder
 from kwav2vec.metrics import cer
 from kwav2vec.text.vocab import Vocabulary
 
@@ -197,9 +190,11 @@ def test_joint_decoder_torch_backend_equals_pyctcdecode_backend(mode: str) -> No
     g, s, frames = model_like(texts, grapheme, syllable, "peaky", seed=1)
     beam = BeamSearchConfig(beam_width=16)
     results = {
-        backend: JointDecoder(grapheme, syllable, JointConfig(mode=mode), grapheme_beam=beam, backend=backend).nbest(
-            g, s, frames
-        )
+        backend: [
+            d.nbest
+            for d in MultiDecoder([f"joint-{mode}"], grapheme, syllable, beam=beam, nbest=None, beam_backend=backend)
+            .decode(g, s, frames)[f"joint-{mode}"]
+        ]
         for backend in ("pyctcdecode", "torch")
     }
     assert_same_nbest([r[:5] for r in results["pyctcdecode"]], [r[:5] for r in results["torch"]], tol=1e-3)

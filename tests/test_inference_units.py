@@ -8,7 +8,7 @@ import pytest
 import torch
 from decoding_utils import pad_batch, random_log_probs, vocabularies
 
-from kwav2vec.decoding import BeamSearchConfig, BeamSearchDecoder, JointConfig, JointDecoder, greedy_decode
+from kwav2vec.decoding import BeamSearchConfig, BeamSearchDecoder, greedy_decode
 from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
     RankResults,
@@ -92,7 +92,9 @@ def test_multidecoder_results_equal_the_decoders_run_alone():
     assert [d.text for d in out["greedy-syllable"]] == greedy_decode(s_lp, lengths, syllable)
     assert [d.text for d in out["beam-grapheme"]] == BeamSearchDecoder(grapheme, beam).decode(g_lp, lengths)
     for mode in ("union", "rescore"):
-        alone = JointDecoder(grapheme, syllable, JointConfig(mode=mode), grapheme_beam=beam).nbest(g_lp, s_lp, lengths)
+        with MultiDecoder([f"joint-{mode}"], grapheme, syllable, beam=beam, nbest=None,
+                          beam_backend="pyctcdecode") as single:
+            alone = [d.nbest for d in single.decode(g_lp, s_lp, lengths)[f"joint-{mode}"]]
         got = out[f"joint-{mode}"]
         assert [d.text for d in got] == [h[0].text for h in alone]
         assert [[h.text for h in d.nbest] for d in got] == [[h.text for h in hs[:3]] for hs in alone]

@@ -1,6 +1,7 @@
-"""Joint grapheme–syllable decoding: one beam search per head, then the two n-best lists combined.
+"""Joint grapheme–syllable decoding: the two heads' n-best lists combined into one.
 
-Two ways to combine them:
+The searches themselves, and running both heads on a batch, are `kwav2vec.decoding.multi.MultiDecoder`'s
+(decoders "joint-union" and "joint-rescore"); this module holds the two combination rules:
 
 - ``union``: K-wav2vec's rule (JoungheeKim/K-wav2vec, inference/beam_search.py, BeamDecoder.decode):
   every hypothesis NFC-normalised, the union of both lists, and
@@ -34,9 +35,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from kwav2vec.decoding.beam import BeamSearchConfig, BeamSearchDecoder, Hypothesis, PoolOwner, run_searches
-from kwav2vec.decoding.scoring import check_emissions, ctc_log_likelihood_heads
-from kwav2vec.decoding.torch_beam import beam_searcher
+from kwav2vec.decoding.beam import Hypothesis
+from kwav2vec.decoding.scoring import ctc_log_likelihood_heads
 
 if TYPE_CHECKING:
     from kwav2vec.text.vocab import Vocabulary
@@ -56,7 +56,6 @@ class JointConfig:
     length_bonus: float = 0.0  # rescore: β per syllable (non-space character) of the candidate
     lm_weight: float = 0.0  # rescore: μ, weight of lm_scorer(text) (natural log), needs an lm_scorer
     candidates_per_head: int | None = None  # rescore: only the top-k of each head's list (None: all)
-    nbest: int | None = None  # length of the returned lists (None: every candidate)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -67,10 +66,8 @@ class JointConfig:
             self.length_bonus or self.lm_weight or self.candidates_per_head is not None
         ):
             raise ValueError("length_bonus, lm_weight and candidates_per_head apply to mode='rescore' only")
-        for name in ("candidates_per_head", "nbest"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.candidates_per_head is not None and self.candidates_per_head < 1:
+            raise ValueError(f"candidates_per_head must be >= 1 or None, got {self.candidates_per_head}")
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -213,123 +210,8 @@ def rescore_nbest_weights(
             out.append(
                 [
                     Hypothesis(t, s, {"grapheme": g, "syllable": y, "lm": m})
-                    for t, s, g, y, m in utterance[: config.nbest]
+                    for t, s, g, y, m in utterance
                 ]
             )
         results.append(out)
     return results
-
-
-class JointDecoder(PoolOwner):
-    """Beam search on both heads, then `union` or `rescore`.
-
-    backend "pyctcdecode": both heads' searches share one process pool (num_processes; KenLM and
-    hotwords need it). backend "torch": both are batched torch prefix searches on the log-probs'
-    device (`kwav2vec.decoding.prefix_search`), so with `rescore` nothing leaves the device but
-    the hypotheses' texts.
-
-    >>> with JointDecoder(g_vocab, s_vocab, JointConfig(mode="rescore"), num_processes=2) as dec:
-    ...     texts = dec.decode(grapheme_log_probs, syllable_log_probs, lengths)
-    """
-
-    def __init__(
-        self,
-        grapheme_vocab: Vocabulary,
-        syllable_vocab: Vocabulary,
-        config: JointConfig = JointConfig(),
-        *,
-        grapheme_beam: BeamSearchConfig = BeamSearchConfig(),
-        syllable_beam: BeamSearchConfig | None = None,
-        num_processes: int = 0,
-        lm_scorer: Callable[[str], float] | None = None,
-        backend: str = "pyctcdecode",
-    ) -> None:
-        super().__init__(num_processes)
-        if grapheme_vocab.kind != "grapheme" or syllable_vocab.kind != "syllable":
-            raise ValueError(
-                f"JointDecoder needs a grapheme and a syllable vocabulary, got {grapheme_vocab.kind!r} and {syllable_vocab.kind!r}"
-            )
-        if config.lm_weight and lm_scorer is None:
-            raise ValueError("JointConfig.lm_weight is set but no lm_scorer was given")
-        self.config = config
-        self.lm_scorer = lm_scorer
-        self.backend = backend
-        self.grapheme = beam_searcher(grapheme_vocab, grapheme_beam, backend)
-        self.syllable = beam_searcher(
-            syllable_vocab, grapheme_beam if syllable_beam is None else syllable_beam, backend
-        )
-
-    def _check(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> None:
-        check_emissions(
-            grapheme_log_probs, lengths, name="grapheme_log_probs", vocab_size=len(self.grapheme.vocab)
-        )
-        check_emissions(
-            syllable_log_probs, lengths, name="syllable_log_probs", vocab_size=len(self.syllable.vocab)
-        )
-        if grapheme_log_probs.shape[:2] != syllable_log_probs.shape[:2]:
-            raise ValueError(
-                "both heads must share (B, T) frames: grapheme_log_probs "
-                f"{tuple(grapheme_log_probs.shape)} vs syllable_log_probs {tuple(syllable_log_probs.shape)}"
-            )
-
-    def search(
-        self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor
-    ) -> tuple[list[list[Hypothesis]], list[list[Hypothesis]]]:
-        """Both heads' n-best lists; pyctcdecode's 2·B searches go through one pool map (or run in
-        this process), the torch backend runs one batched search per head."""
-        self._check(grapheme_log_probs, syllable_log_probs, lengths)
-        if not isinstance(self.grapheme, BeamSearchDecoder):
-            return (
-                self.grapheme.nbest(grapheme_log_probs, lengths, name="grapheme_log_probs"),
-                self.syllable.nbest(syllable_log_probs, lengths, name="syllable_log_probs"),
-            )
-        assert isinstance(self.syllable, BeamSearchDecoder)
-        jobs = self.grapheme.jobs(grapheme_log_probs, lengths, name="grapheme_log_probs")
-        jobs += self.syllable.jobs(syllable_log_probs, lengths, name="syllable_log_probs")
-        raw = run_searches(self.pool, jobs)
-        B = grapheme_log_probs.shape[0]
-        return [self.grapheme.hypotheses(r) for r in raw[:B]], [self.syllable.hypotheses(r) for r in raw[B:]]
-
-    def combine(
-        self,
-        grapheme_nbest: Sequence[Sequence[Hypothesis]],
-        syllable_nbest: Sequence[Sequence[Hypothesis]],
-        grapheme_log_probs: Tensor,
-        syllable_log_probs: Tensor,
-        lengths: Tensor,
-    ) -> list[list[Hypothesis]]:
-        """Joint n-best lists from both heads' lists, per `config.mode`."""
-        if self.config.mode == "union":
-            if len(grapheme_nbest) != len(syllable_nbest):
-                raise ValueError(
-                    f"got {len(grapheme_nbest)} grapheme but {len(syllable_nbest)} syllable n-best lists"
-                )
-            return [
-                union_nbest(g, s, self.config.syllable_weight)[: self.config.nbest]
-                for g, s in zip(grapheme_nbest, syllable_nbest, strict=True)
-            ]
-        return rescore_nbest(
-            grapheme_nbest,
-            syllable_nbest,
-            grapheme_log_probs,
-            syllable_log_probs,
-            lengths,
-            self.grapheme.vocab,
-            self.syllable.vocab,
-            self.config,
-            self.lm_scorer,
-        )
-
-    def nbest(
-        self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor
-    ) -> list[list[Hypothesis]]:
-        """Joint n-best list per utterance, best first. Log-probs (B, T, Vg) and (B, T, Vs); lengths (B,)."""
-        grapheme_nbest, syllable_nbest = self.search(grapheme_log_probs, syllable_log_probs, lengths)
-        return self.combine(grapheme_nbest, syllable_nbest, grapheme_log_probs, syllable_log_probs, lengths)
-
-    def decode(self, grapheme_log_probs: Tensor, syllable_log_probs: Tensor, lengths: Tensor) -> list[str]:
-        """Best joint transcript per utterance."""
-        return [
-            hyps[0].text if hyps else ""
-            for hyps in self.nbest(grapheme_log_probs, syllable_log_probs, lengths)
-        ]

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kwav2vec.inference.decoders import JOINT_MODES
+from kwav2vec.decoding.joint import MODES as JOINT_MODES
 
 GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0, 0.1, ..., 1.0
 DEFAULT_WEIGHT = 0.5
