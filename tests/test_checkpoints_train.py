@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from kwav2vec.checkpoints import build_backbone, head_module, load_converted
 from kwav2vec.checkpoints.cli import main as convert_main
-from kwav2vec.checkpoints.format import load_head_weights, read_heads
+from kwav2vec.checkpoints.format import load_head_weights
+from kwav2vec.checkpoints.reader import read_model_checkpoint
 from kwav2vec.lit.pretrain import Pretrainer
 from kwav2vec.models.config import Wav2Vec2Config
 from kwav2vec.models.transformer import TransformerEncoderLayer
@@ -103,7 +104,7 @@ def test_finetune_from_an_imported_kwav2vec_checkpoint(tmp_path):
     assert convert_main(["--from", "fairseq", str(tmp_path / "kwav2vec.pt"), str(tmp_path / "k.ckpt"),
                          "--dict", str(tmp_path / "dict.ltr.txt"), "--add-dict", str(tmp_path / "add_dict.ltr.txt")]) == 0
     ck = load_converted(tmp_path / "k.ckpt")
-    heads = read_heads(tmp_path / "k.ckpt")
+    heads = read_model_checkpoint(tmp_path / "k.ckpt").heads
     for kind in ("grapheme", "syllable"):  # written beside it for the data module (--data.<kind>_vocab)
         assert Vocabulary.load(tmp_path / f"k.vocab_{kind}.json") == heads[kind].vocab
     options = dict(mask_prob=0.0, mask_channel_prob=0.0, layerdrop=0.0, activation_dropout=0.0, total_steps=2, lr=1e-4)

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from kwav2vec import metrics
+from kwav2vec.checkpoints.reader import read_model_checkpoint
 from kwav2vec.data.collate import pad_1d
-from kwav2vec.lit.finetune import HierarchicalFineTuner, edit_counts, read_init_checkpoint
+from kwav2vec.lit.finetune import HierarchicalFineTuner
+from kwav2vec.metrics import ErrorCounts
 from kwav2vec.models.config import preset
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 from kwav2vec.text.vocab import Vocabulary
@@ -185,7 +187,7 @@ def test_overfitting_one_batch_drives_both_heads_to_cer_zero():
 
 
 # ---------------------------------------------------------------- evaluation helpers
-def test_edit_counts_reproduce_the_corpus_metrics():
+def test_error_counts_reproduce_the_corpus_metrics():
     rng = random.Random(0)
     syllables = "가나다라마바사아자차카타파하한국어음성인식"
     refs, hyps = [], []
@@ -205,15 +207,15 @@ def test_edit_counts_reproduce_the_corpus_metrics():
                 chars.insert(i, " ")
         refs.append(ref)
         hyps.append("".join(chars))
-    c = edit_counts(refs, hyps)
-    assert c["utts"] == 40 and not c["empty_refs"]
-    assert c["cer_err"] / c["cer_len"] == pytest.approx(metrics.cer(refs, hyps))
-    assert c["wer_err"] / c["wer_len"] == pytest.approx(metrics.wer(refs, hyps))
-    assert c["swer_err"] / c["wer_len"] == pytest.approx(metrics.swer(refs, hyps))
-    assert c["jer_err"] / c["jer_len"] == pytest.approx(metrics.jamo_error_rate(refs, hyps))
+    c = ErrorCounts().add(refs, hyps)
+    assert c.utterances == 40 and not c.empty_refs
+    assert c.char_errors / c.ref_chars == pytest.approx(metrics.cer(refs, hyps))
+    assert c.word_errors / c.ref_words == pytest.approx(metrics.wer(refs, hyps))
+    assert c.spaced_word_errors / c.ref_words == pytest.approx(metrics.swer(refs, hyps))
+    assert c.jamo_errors / c.ref_jamo == pytest.approx(metrics.jamo_error_rate(refs, hyps))
     # summing counts over two halves gives the corpus rate, averaging the halves' rates would not
-    a, b = edit_counts(refs[:5], hyps[:5]), edit_counts(refs[5:], hyps[5:])
-    assert (a["cer_err"] + b["cer_err"]) / (a["cer_len"] + b["cer_len"]) == pytest.approx(metrics.cer(refs, hyps))
+    a, b = ErrorCounts().add(refs[:5], hyps[:5]), ErrorCounts().add(refs[5:], hyps[5:])
+    assert (a.char_errors + b.char_errors) / (a.ref_chars + b.ref_chars) == pytest.approx(metrics.cer(refs, hyps))
 
 
 def test_predict_step_outputs_log_probs_lengths_and_ids():
@@ -255,7 +257,7 @@ def test_init_from_a_backbone_file(tmp_path):
         else:
             torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)
     # the file's architecture wins over the preset's
-    assert read_init_checkpoint(path)[0] == cfg and model.config.encoder_embed_dim == 128
+    assert read_model_checkpoint(path).config == cfg and model.config.encoder_embed_dim == 128
     with pytest.raises(ValueError, match="architecture differs"):
         make_model(init_from=str(path), model_overrides={"encoder_layers": 3})
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kwav2vec.lit.pretrain import Pretrainer, load_backbone_weights, read_backbone_checkpoint
+from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint
+from kwav2vec.lit.pretrain import Pretrainer
 from kwav2vec.lit.schedules import polynomial_decay_lambda, tri_stage_lambda, tri_stage_schedule
 from kwav2vec.models.config import preset
 from kwav2vec.models.losses import contrastive_logits, contrastive_loss
@@ -298,7 +299,7 @@ def test_init_from_backbone_file(tmp_path):
     path = tmp_path / "backbone.pt"
     torch.save({"config": cfg.to_dict(), "state_dict": src.state_dict()}, path)
 
-    read_cfg, _ = read_backbone_checkpoint(path)
+    read_cfg = read_model_checkpoint(path).config
     assert read_cfg == cfg
     module = Pretrainer(model="base", init_from=str(path), model_overrides={"dropout": 0.0})
     assert module.config.encoder_layers == 1 and module.config.dropout == 0.0  # file's architecture + overrides
@@ -323,7 +324,7 @@ def test_init_from_backbone_file(tmp_path):
         load_backbone_weights(Wav2Vec2Model(cfg), tmp_path / "bad.pt")
     torch.save({"model": {}}, tmp_path / "fairseq.pt")
     with pytest.raises(ValueError, match="found \\['model'\\]"):
-        read_backbone_checkpoint(tmp_path / "fairseq.pt")
+        read_model_checkpoint(tmp_path / "fairseq.pt")
 
 
 class CollapseAtSecondValidation(pl.Callback):

@@ -6,6 +6,8 @@ into kwav2vec's converted-checkpoint format (`format.py`), and export that forma
 - `import_torchaudio(path, factory_args=... | bundle=..., labels=...)`
 - `export_huggingface(ckpt, directory, arch="auto")`
 - `save_converted` / `load_converted` / `build_backbone` / `head_module`
+- `read_model_checkpoint(path)`: any model file of ours (converted, fine-tuner, Pretrainer) in one load
+  (`reader.py`, the only reader of model files); `load_backbone_weights(model, bundle_or_path)`
 """
 
 from kwav2vec.checkpoints.export import export_huggingface
@@ -17,15 +19,15 @@ from kwav2vec.checkpoints.format import (
     HeadCheckpoint,
     build_backbone,
     head_module,
-    load_converted,
     save_converted,
 )
 from kwav2vec.checkpoints.huggingface import import_huggingface
+from kwav2vec.checkpoints.reader import load_backbone_weights, load_converted, read_model_checkpoint
 from kwav2vec.checkpoints.statedict import KeyMismatchError
 from kwav2vec.checkpoints.torchaudio import import_torchaudio
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "ConvertedCheckpoint", "HeadCheckpoint", "KeyMismatchError",
     "build_backbone", "export_huggingface", "head_module", "import_fairseq", "import_huggingface",
-    "import_torchaudio", "load_converted", "save_converted",
+    "import_torchaudio", "load_backbone_weights", "load_converted", "read_model_checkpoint", "save_converted",
 ]

@@ -17,8 +17,8 @@ A `torch.save`d dict of plain types and tensors only (loadable with `weights_onl
 
 "options" are the head constructor's arguments besides `embed_dim` and `vocab_size` (GraphemeHead:
 `dropout`; SyllableHead: `num_layers`, `ffn_dim`, `num_heads`, dropouts, `layer_norm_first`,
-`final_dropout`). `config` + `state_dict` are exactly what `kwav2vec.lit.pretrain.read_backbone_checkpoint`
-reads, so `Pretrainer(init_from=...)` takes these files as they are.
+`final_dropout`). Files are read by `kwav2vec.checkpoints.reader` (the only reader of model files),
+so `Pretrainer(init_from=...)` and `HierarchicalFineTuner(init_from=...)` take them as they are.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from kwav2vec.checkpoints.integrity import read_checkpoint, seal
+from kwav2vec.checkpoints.integrity import seal
 from kwav2vec.fileio import atomic_torch_save
 from kwav2vec.models.config import Wav2Vec2Config
 from kwav2vec.models.heads import GraphemeHead, SyllableHead
@@ -57,6 +57,9 @@ class ConvertedCheckpoint:
     heads: dict[str, HeadCheckpoint] = field(default_factory=dict)
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # what the file was (`reader.bundle_from_blob`): "converted", "backbone", "finetuner" or
+    # "pretrainer"; not written: a saved bundle is a converted file
+    kind: str = "converted"
 
     @property
     def has_pretraining_modules(self) -> bool:
@@ -107,15 +110,6 @@ def save_converted(ckpt: ConvertedCheckpoint, path: str | os.PathLike) -> None:
     atomic_torch_save(seal(ckpt.to_dict()), path)
 
 
-EXPECTED = "a converted kwav2vec checkpoint (from `kwav2vec convert --from ...`)"
-
-
-def load_converted(path: str | os.PathLike) -> ConvertedCheckpoint:
-    """Reads and verifies a file written by `save_converted` (weights_only: no code runs while loading)."""
-    blob = read_checkpoint(path, EXPECTED)
-    return ConvertedCheckpoint.from_dict(blob, origin=os.fspath(path))
-
-
 # ---------------------------------------------------------------- shapes and modules
 def backbone_shapes(cfg: Wav2Vec2Config) -> dict[str, torch.Size]:
     """Every backbone state-dict key and its shape, from a weightless (meta-device) model."""
@@ -130,14 +124,24 @@ def fresh_mask_emb(cfg: Wav2Vec2Config, seed: int = 0) -> torch.Tensor:
     return torch.rand(cfg.encoder_embed_dim, generator=g)
 
 
+def load_backbone_state(model: Wav2Vec2Model, state: dict[str, torch.Tensor], origin: str) -> list[str]:
+    """Loads `state` into `model` (in place): every parameter must be in it except the pretraining-only
+    modules (PRETRAINING_PREFIXES: a fine-tuned source lacks them, they keep their initialisation);
+    an unknown key is an error. Returns the keys left missing."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(PRETRAINING_PREFIXES)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{origin}: state_dict does not match the backbone; missing {missing[:10]}"
+            f"{'...' if len(missing) > 10 else ''}, unexpected {result.unexpected_keys[:10]}"
+        )
+    return list(result.missing_keys)
+
+
 def build_backbone(ckpt: ConvertedCheckpoint) -> Wav2Vec2Model:
     """The backbone with the checkpoint's weights; absent pretraining-only modules keep a fresh init."""
     model = Wav2Vec2Model(ckpt.config)
-    result = model.load_state_dict(ckpt.state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(PRETRAINING_PREFIXES)]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{ckpt.source or 'checkpoint'}: state_dict does not match its config; missing "
-                         f"{missing[:10]}, unexpected {result.unexpected_keys[:10]}")
+    load_backbone_state(model, ckpt.state_dict, ckpt.source or "checkpoint")
     return model
 
 
@@ -154,16 +158,6 @@ def head_module(name: str, head: HeadCheckpoint, cfg: Wav2Vec2Config) -> torch.n
 
 
 # ---------------------------------------------------------------- for trainers starting from a file
-def read_heads(path: str | os.PathLike, blob: Any = None) -> dict[str, HeadCheckpoint]:
-    """The heads stored in a converted checkpoint (`blob`: its contents, when already read);
-    {} for a file of another kind. Errors reading it are `read_checkpoint`'s."""
-    if blob is None:
-        blob = read_checkpoint(path, "a converted kwav2vec checkpoint or a Lightning checkpoint", mmap=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
-        return {}
-    return ConvertedCheckpoint.from_dict(blob, origin=os.fspath(path)).heads
-
-
 def load_head_weights(module: torch.nn.Module, name: str, head: HeadCheckpoint, vocab: Vocabulary,
                       origin: str = "checkpoint") -> None:
     """Copies a stored head into a built GraphemeHead / SyllableHead; its vocabulary must be `vocab`.

@@ -1,16 +1,19 @@
-"""One reader for every model file kwav2vec writes: a converted import, a fine-tuner checkpoint or a
-Pretrainer checkpoint, turned into one in-memory `ConvertedCheckpoint` (config, backbone state,
-heads with their vocabularies and constructor options).
+"""The one reader of kwav2vec's model files: a converted import, a plain backbone file, a fine-tuner
+checkpoint or a Pretrainer checkpoint, turned into one in-memory `ConvertedCheckpoint` (config,
+backbone state, heads with their vocabularies and constructor options) in a single `torch.load`.
 
     read_model_checkpoint("runs/finetune/version_0/checkpoints/last.ckpt")  # HierarchicalFineTuner
     read_model_checkpoint("runs/pretrain/version_0/checkpoints/last.ckpt")  # Pretrainer
     read_model_checkpoint("english_base.ckpt")                              # `kwav2vec convert --from`
 
+Every consumer goes through it: `init_from` of both trainers (`load_backbone_weights` puts the
+bundle's backbone into a built model), `convert --to hf`, and `load_converted`.
+
 Lightning checkpoints are recognised by their state-dict prefixes: `backbone.` (+ `grapheme_head.`,
 `syllable_head.`) for the fine-tuner, `model.` for the Pretrainer. The fine-tuner stores its resolved
 backbone config and both vocabularies in its hyper-parameters (`HierarchicalFineTuner.on_save_checkpoint`),
 so its file needs no other; a Pretrainer's config is rebuilt from its preset and overrides, or from
-the `init_from` file it took its architecture from.
+the `init_from` file it took its architecture from (that file is then read too: one load per file).
 """
 
 from __future__ import annotations
@@ -20,13 +23,28 @@ from typing import Any
 
 import torch
 
-from kwav2vec.checkpoints.format import FORMAT_NAME, ConvertedCheckpoint, HeadCheckpoint
+from kwav2vec.checkpoints.format import (
+    FORMAT_NAME,
+    ConvertedCheckpoint,
+    HeadCheckpoint,
+    load_backbone_state,
+)
 from kwav2vec.checkpoints.integrity import read_checkpoint
 from kwav2vec.models.config import Wav2Vec2Config, preset
+from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 from kwav2vec.text.vocab import Vocabulary
 
 # Lightning state-dict prefixes of the fine-tuner's heads -> our head names
 HEAD_PREFIXES = {"grapheme": "grapheme_head.", "syllable": "syllable_head."}
+# Config fields that fix the shapes or the computation of the weights; a checkpoint whose config
+# differs in one of them cannot be loaded into a model built with another.
+ARCHITECTURE_FIELDS = (
+    "extractor_mode", "conv_feature_layers", "conv_bias", "normalize", "encoder_layers", "encoder_embed_dim",
+    "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups",
+    "final_dim", "latent_vars", "latent_groups", "latent_dim",
+)
+MODEL_EXPECTED = "kwav2vec checkpoint (fine-tuner, Pretrainer or converted .ckpt)"
+CONVERTED_EXPECTED = "converted kwav2vec checkpoint (from `kwav2vec convert --from ...`)"
 
 
 def torch_load(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any:
@@ -37,24 +55,74 @@ def torch_load(path: str | os.PathLike, what: str, *, mmap: bool = False) -> Any
     return read_checkpoint(path, f"a {what}", mmap=mmap)
 
 
-def backbone_from_blob(blob: Any, origin: str) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
-    """(config, state_dict) of the contents of a backbone file (see `read_backbone_checkpoint`)."""
-    if not isinstance(blob, dict) or "state_dict" not in blob or "config" not in blob:
-        found = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"{origin}: expected a dict with keys 'config' and 'state_dict', found {found}")
-    try:
-        cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{origin}: invalid 'config': {e}") from e
-    return cfg, blob["state_dict"]
+def read_model_checkpoint(path: str | os.PathLike, *, what: str = MODEL_EXPECTED,
+                          mmap: bool = False) -> ConvertedCheckpoint:
+    """Any model file of ours -> a `ConvertedCheckpoint`, in one load (`mmap`: tensors stay in the
+    page cache instead of a copy in RAM). `what` names the file's role in the error of a file that
+    cannot be read. Raises ValueError naming the file for anything else (a fairseq or Hugging Face
+    file must be converted with `--from` first)."""
+    path = os.fspath(path)
+    return bundle_from_blob(torch_load(path, what, mmap=mmap), path)
 
 
-def read_backbone_checkpoint(path: str | os.PathLike) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
-    """Reads a backbone file written by our importers: a dict with "config" (Wav2Vec2Config fields)
-    and "state_dict" (our module names). Returns (config, state_dict)."""
-    return backbone_from_blob(torch_load(path, "backbone checkpoint"), os.fspath(path))
+def bundle_from_blob(blob: Any, path: str) -> ConvertedCheckpoint:
+    """The `ConvertedCheckpoint` of the contents of a file `read_model_checkpoint` accepts. Its
+    `kind` says which of them it was: "converted", "backbone", "finetuner" or "pretrainer"."""
+    if isinstance(blob, dict) and blob.get("format") == FORMAT_NAME:
+        return ConvertedCheckpoint.from_dict(blob, origin=path)
+    if is_lightning_checkpoint(blob):
+        cfg, state = lightning_backbone(blob, path)
+        finetuner = any(k.startswith("backbone.") for k in blob["state_dict"])
+        heads = _finetuner_heads(blob, cfg, path) if finetuner else {}
+        kind = "HierarchicalFineTuner" if finetuner else "Pretrainer"
+        step = blob.get("global_step")
+        return ConvertedCheckpoint(cfg, state, heads, source=f"kwav2vec {kind} {path}"
+                                   + (f" (step {step})" if step is not None else ""),
+                                   kind="finetuner" if finetuner else "pretrainer")
+    if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
+        # a plain {"config", "state_dict"} backbone file (an older importer, or written by hand)
+        try:
+            cfg = Wav2Vec2Config.from_dict(dict(blob["config"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: invalid 'config': {e}") from e
+        return ConvertedCheckpoint(cfg, dict(blob["state_dict"]), {}, source=f"backbone file {path}", kind="backbone")
+    found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
+    raise ValueError(
+        f"{path}: not a kwav2vec checkpoint (expected a fine-tuner or Pretrainer checkpoint, or a file written "
+        f"by `kwav2vec convert --from ...`; found {found}, neither a backbone file ({{'config', 'state_dict'}}) "
+        "nor a Lightning checkpoint); convert other formats first with `kwav2vec convert --from`"
+    )
 
 
+def load_converted(path: str | os.PathLike) -> ConvertedCheckpoint:
+    """A file written by `save_converted`, and only such a file (weights_only: no code runs while loading)."""
+    path = os.fspath(path)
+    return ConvertedCheckpoint.from_dict(torch_load(path, CONVERTED_EXPECTED), origin=path)
+
+
+def load_backbone_weights(model: Wav2Vec2Model, source: str | os.PathLike | ConvertedCheckpoint,
+                          origin: str | os.PathLike | None = None) -> list[str]:
+    """Loads the backbone of `source` (a path, read here, or a bundle already read) into `model`,
+    in place; `origin` names it in messages (default: the path, or the bundle's source).
+
+    The file's architecture fields must equal the model's. Every model parameter must be in the file,
+    except the pretraining-only modules (quantizer, project_q, final_proj), which keep their
+    initialisation when absent. Unknown keys in the file are an error. Returns the keys left missing.
+    """
+    if isinstance(source, ConvertedCheckpoint):
+        bundle, name = source, os.fspath(origin) if origin is not None else source.source
+    else:
+        bundle, name = read_model_checkpoint(source), os.fspath(origin if origin is not None else source)
+    cfg = bundle.config
+    diff = {f: (getattr(cfg, f), getattr(model.cfg, f)) for f in ARCHITECTURE_FIELDS
+            if getattr(cfg, f) != getattr(model.cfg, f)}
+    if diff:
+        details = ", ".join(f"{k}: file {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{name}: architecture differs from the model ({details})")
+    return load_backbone_state(model, bundle.state_dict, name)
+
+
+# ------------------------------------------------------------------ Lightning checkpoints
 def is_lightning_checkpoint(blob: Any) -> bool:
     return isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob
 
@@ -71,7 +139,7 @@ def lightning_backbone(blob: dict, path: str) -> tuple[Wav2Vec2Config, dict[str,
         if hp.get("init_from"):
             # the Pretrainer took its architecture from that file, so it must still be readable
             try:
-                cfg, _ = read_backbone_checkpoint(hp["init_from"])
+                cfg = read_model_checkpoint(hp["init_from"]).config
             except (FileNotFoundError, ValueError) as e:
                 raise ValueError(
                     f"{path}: this Pretrainer checkpoint took its architecture from init_from="
@@ -113,25 +181,3 @@ def _finetuner_heads(blob: dict, cfg: Wav2Vec2Config, path: str) -> dict[str, He
             }
         heads[name] = HeadCheckpoint(weights, vocab, options)
     return heads
-
-
-def read_model_checkpoint(path: str | os.PathLike) -> ConvertedCheckpoint:
-    """Any model file of ours -> a `ConvertedCheckpoint`, in one load. Raises ValueError naming the
-    file for anything else (a fairseq or Hugging Face file must be converted with `--from` first)."""
-    path = os.fspath(path)
-    blob = torch_load(path, "kwav2vec checkpoint (fine-tuner, Pretrainer or converted .ckpt)")
-    if isinstance(blob, dict) and blob.get("format") == FORMAT_NAME:
-        return ConvertedCheckpoint.from_dict(blob, origin=path)
-    if is_lightning_checkpoint(blob):
-        cfg, state = lightning_backbone(blob, path)
-        finetuner = any(k.startswith("backbone.") for k in blob["state_dict"])
-        heads = _finetuner_heads(blob, cfg, path) if finetuner else {}
-        kind = "HierarchicalFineTuner" if finetuner else "Pretrainer"
-        step = blob.get("global_step")
-        return ConvertedCheckpoint(cfg, dict(state), heads, source=f"kwav2vec {kind} {path}"
-                                   + (f" (step {step})" if step is not None else ""))
-    found = (f"a dict with keys {sorted(blob)[:10]}" if isinstance(blob, dict) else type(blob).__name__)
-    raise ValueError(
-        f"{path}: not a kwav2vec checkpoint (expected a fine-tuner or Pretrainer checkpoint, or a file written "
-        f"by `kwav2vec convert --from ...`; found {found}); convert other formats first with `kwav2vec convert --from`"
-    )

@@ -458,21 +458,21 @@ FINETUNER_EXPECTED = "a HierarchicalFineTuner checkpoint (.ckpt) from `kwav2vec 
 
 
 def load_finetuner(path: str):
-    """`HierarchicalFineTuner.load_from_checkpoint(path)` on the CPU, in eval mode, after
-    `read_checkpoint` verified the file: a missing, empty, unreadable or damaged file, a directory
-    or a checkpoint of something else gets one line naming it."""
+    """The `HierarchicalFineTuner` of a checkpoint, on the CPU, in eval mode, built from one read of
+    the file, verified by `read_checkpoint`: a missing, empty, unreadable or damaged file, a
+    directory or a checkpoint of something else gets one line naming it."""
     from kwav2vec.checkpoints.integrity import read_checkpoint
+    from kwav2vec.lit.checkpoint_io import module_from_checkpoint
     from kwav2vec.lit.finetune import HierarchicalFineTuner
 
-    # mmap: the verification reads the pages Lightning's loader then finds in the page cache
+    # mmap: the tensors stay in the page cache until the module's parameters copy them
     blob = read_checkpoint(path, FINETUNER_EXPECTED, mmap=True)
     if not (isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob):
         found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
         raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint (expected {FINETUNER_EXPECTED}; "
                          f"found {found})")
-    del blob
     try:
-        model = HierarchicalFineTuner.load_from_checkpoint(path, map_location="cpu")
+        model = module_from_checkpoint(HierarchicalFineTuner, blob, path)
     except (KeyError, TypeError, RuntimeError, ValueError) as err:
         raise ValueError(f"{path}: not a HierarchicalFineTuner checkpoint ({type(err).__name__}: {err})") from err
     model.eval()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning.pytorch as pl
 import torch  # noqa: F401 - the writer's torch.save; tests patch it as checkpoint_io.torch.save
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -55,3 +56,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         return read_checkpoint(path, "a Lightning checkpoint to resume from (.ckpt)", map_location=map_location,
                                weights_only=weights_only)
+
+
+def module_from_checkpoint(cls: type[pl.LightningModule], checkpoint: dict[str, Any], path: str | None = None):
+    """`cls.load_from_checkpoint(path)` from checkpoint contents already read (and verified), so a
+    file is loaded once: the same steps as Lightning's loader after its `torch.load` (migration of
+    older Lightning layouts, hyper-parameters -> `__init__`, `on_load_checkpoint`, strict state dict).
+    Lightning has no public entry point for contents in memory; these two helpers are its own."""
+    from lightning.pytorch.core.saving import _load_state
+    from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+    checkpoint = _pl_migrate_checkpoint(checkpoint, checkpoint_path=path)
+    checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+    return _load_state(cls, checkpoint)

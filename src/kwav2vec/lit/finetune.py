@@ -11,32 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
-from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any, NamedTuple
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from rapidfuzz.distance import Levenshtein
 
-from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights, read_heads
-from kwav2vec.checkpoints.reader import (
-    backbone_from_blob,
-    is_lightning_checkpoint,
-    lightning_backbone,
-    torch_load,
-)
+from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights
+from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint
 from kwav2vec.decoding.greedy import greedy_decode
-from kwav2vec.lit.guards import safety_callbacks
-from kwav2vec.lit.pretrain import load_backbone_weights
-from kwav2vec.lit.schedules import BudgetClock, tri_stage_schedule
-from kwav2vec.metrics import normalize_for_scoring, oov_recovery_counts, space_normalize
+from kwav2vec.lit.base import TrainingModule
+from kwav2vec.lit.evaluation import EpochCounts
+from kwav2vec.lit.schedules import tri_stage_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.ctc_loss import CTCTerms, ctc_log_probs, ctc_terms, multitask_ctc_loss
 from kwav2vec.models.heads import GraphemeHead, SyllableHead
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
-from kwav2vec.text.hangul import decompose
 from kwav2vec.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -62,73 +51,8 @@ def _as_vocabulary(value: str | os.PathLike | dict | Vocabulary | None, kind: st
     return vocab
 
 
-class InitCheckpoint(NamedTuple):
-    """What `init_from` holds, read (and verified) once."""
-
-    config: Wav2Vec2Config
-    state_dict: dict[str, torch.Tensor]  # the backbone's, our module names
-    heads: dict[str, HeadCheckpoint]  # stored heads of a converted K-wav2vec checkpoint, else {}
-
-
-def read_init_checkpoint(path: str | os.PathLike) -> InitCheckpoint:
-    """What `init_from` accepts -> (backbone config, backbone state dict, stored heads).
-
-    - a converted backbone file from our importers ({"config", "state_dict"}[, "heads"]);
-    - a Lightning checkpoint of our `Pretrainer` (backbone under "model.") or of a
-      `HierarchicalFineTuner` (backbone under "backbone."); its heads are not reused.
-    The file is read once, by `read_checkpoint` (through `torch_load`): missing, empty, unreadable or
-    damaged files are refused with one line naming them.
-    """
-    path = os.fspath(path)
-    blob = torch_load(path, "init_from checkpoint", mmap=True)  # mmap: no copy in RAM
-    if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
-        cfg, state = backbone_from_blob(blob, path)
-        return InitCheckpoint(cfg, state, read_heads(path, blob))
-    if is_lightning_checkpoint(blob):
-        return InitCheckpoint(*lightning_backbone(blob, path), {})
-    found = sorted(blob)[:10] if isinstance(blob, dict) else type(blob).__name__
-    raise ValueError(
-        f"{path}: neither a backbone file ({{'config', 'state_dict'}}) nor a Lightning checkpoint of the "
-        f"Pretrainer or HierarchicalFineTuner (found {found})"
-    )
-
-
-def load_init_weights(model: Wav2Vec2Model, path: str | os.PathLike, init: InitCheckpoint | None = None) -> None:
-    """Loads `path` into `model` through the Pretrainer's `load_backbone_weights`, where the
-    architecture and key checks live. `init` is what `read_init_checkpoint(path)` returned (saves
-    reading the file twice)."""
-    init = init if init is not None else read_init_checkpoint(path)
-    load_backbone_weights(model, path, (init.config, init.state_dict))
-
-
-def edit_counts(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Numerators and denominators of kwav2vec.metrics' corpus rates, so they can be summed over
-    batches and ranks (averaging per-batch rates would weigh batches, not characters).
-
-    Keys: cer_err/cer_len, wer_err/wer_len, swer_err (over wer_len), jer_err/jer_len, utts, and
-    empty_refs (references empty after normalisation: their rates are undefined, they are skipped).
-    """
-    out: dict[str, float] = defaultdict(float)
-    for ref, hyp in zip(refs, hyps, strict=True):
-        ref, hyp = normalize_for_scoring(ref), normalize_for_scoring(hyp)
-        if not ref:
-            out["empty_refs"] += 1
-            continue
-        out["utts"] += 1
-        out["cer_err"] += Levenshtein.distance(ref, hyp)
-        out["cer_len"] += len(ref)
-        ref_words, hyp_words = ref.split(), hyp.split()
-        out["wer_err"] += Levenshtein.distance(ref_words, hyp_words)
-        out["wer_len"] += len(ref_words)
-        out["swer_err"] += Levenshtein.distance(ref_words, space_normalize(ref, hyp).split())
-        ref_jamo, hyp_jamo = decompose("".join(ref_words)), decompose("".join(hyp_words))
-        out["jer_err"] += Levenshtein.distance(ref_jamo, hyp_jamo)
-        out["jer_len"] += len(ref_jamo)
-    return out
-
-
 # ---------------------------------------------------------------------------------------- module
-class HierarchicalFineTuner(pl.LightningModule):
+class HierarchicalFineTuner(TrainingModule):
     """Grapheme + syllable CTC fine-tuning of a wav2vec 2.0 backbone (K-wav2vec's multi-task recipe).
 
     Model: backbone -> GraphemeHead (dropout + linear over jamo) and SyllableHead (N transformer
@@ -162,10 +86,10 @@ class HierarchicalFineTuner(pl.LightningModule):
         model: backbone preset, "tiny" | "base" | "large" (ignored when `init_from` or
             `backbone_config` give the architecture).
         model_overrides: Wav2Vec2Config fields to change, e.g. {"encoder_layers": 2}.
-        init_from: backbone weights to start from: a converted backbone file from our importers
-            ({"config", "state_dict"}; fairseq / Hugging Face / K-wav2vec imports), a `Pretrainer`
-            Lightning checkpoint, or a `HierarchicalFineTuner` checkpoint (backbone only). None =
-            from scratch. Its config gives the architecture.
+        init_from: backbone weights to start from, anything `checkpoints.read_model_checkpoint`
+            reads (read once): a converted file from our importers (fairseq / Hugging Face /
+            K-wav2vec imports), a `Pretrainer` checkpoint, or a `HierarchicalFineTuner` checkpoint
+            (backbone only). None = from scratch. Its config gives the architecture.
         init_heads: when `init_from` is a converted file that stores heads (a K-wav2vec multi-task
             import), start the built heads from them: a missing vocabulary argument is taken from the
             stored head and the syllable head gets the stored number of layers. False = new heads.
@@ -249,7 +173,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         self.heads_used = tuple(h for h in HEADS if (mtl_weight > 0 if h == "syllable" else mtl_weight < 1))
         self.tuned_weights: dict[str, float] | None = None  # joint decoding weights, see on_load_checkpoint
 
-        init = read_init_checkpoint(init_from) if init_from is not None else None
+        init = None if init_from is None else read_model_checkpoint(init_from, what="init_from checkpoint", mmap=True)
         if backbone_config is not None:
             cfg = Wav2Vec2Config.from_dict(dict(backbone_config))
         elif init is not None:
@@ -266,7 +190,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         self.config = cfg
         self.backbone = Wav2Vec2Model(cfg)
         if init_from is not None:  # with backbone_config too: the loader checks the architectures agree
-            load_init_weights(self.backbone, init_from, init)
+            load_backbone_weights(self.backbone, init, origin=init_from)
         self.backbone.remove_pretraining_modules()  # quantizer and projections: pretraining only
         if freeze_feature_encoder:
             self.backbone.feature_extractor.requires_grad_(False)
@@ -276,14 +200,14 @@ class HierarchicalFineTuner(pl.LightningModule):
         # heads of a converted K-wav2vec checkpoint ({} for other files): loaded when the heads are built
         self._stored_heads: dict[str, HeadCheckpoint] = {}
         self._vocab_from_init: set[str] = set()  # kinds whose vocabulary came from a stored head
-        if init_from is not None and init_heads:
+        if init is not None and init_heads and init.kind != "finetuner":  # a fine-tuner's heads: not reused
             self._stored_heads = {h: s for h, s in init.heads.items() if h in self.heads_used}
         self._adopt_stored_heads()
         self.grapheme_head: GraphemeHead | None = None
         self.syllable_head: SyllableHead | None = None
         if self._vocabularies_complete():
             self._build_heads()
-        self._counts: dict[str, float] = defaultdict(float)
+        self._counts = EpochCounts(self.heads_used)
 
     # ------------------------------------------------------------------ construction
     def _adopt_stored_heads(self) -> None:
@@ -347,11 +271,6 @@ class HierarchicalFineTuner(pl.LightningModule):
             )
         self._build_heads()  # only the missing ones
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        # Always on, whoever builds the Trainer: skip non-finite steps; resume with the RNG streams
-        # of an uninterrupted run.
-        return safety_callbacks(self._trainer)
-
     # ------------------------------------------------------------------ forward
     def _heads(self) -> dict[str, torch.nn.Module]:
         heads = {"grapheme": self.grapheme_head, "syllable": self.syllable_head}
@@ -412,8 +331,8 @@ class HierarchicalFineTuner(pl.LightningModule):
         """Mean target tokens per rank (sum over ranks / world size): dividing each rank's loss sum by
         it makes DDP's gradient average equal to d(sum over ranks)/d(.) / total tokens."""
         n = ntokens.float()
-        if self._trainer is not None and self.trainer.world_size > 1:
-            n = self.trainer.strategy.reduce(n.clone(), reduce_op="sum") / self.trainer.world_size
+        if self._world_size() > 1:
+            n = self.sum_over_ranks(n) / self._world_size()
         return n.clamp(min=1.0)
 
     def _ctc(self, log_probs: dict[str, torch.Tensor], frames: torch.Tensor, batch: dict) -> dict[str, CTCTerms]:
@@ -463,72 +382,24 @@ class HierarchicalFineTuner(pl.LightningModule):
         )
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # gradients are unscaled here (AMP) and not yet clipped
-        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
-
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict) -> None:
         self._check_batch(batch, with_targets=True, with_texts=True)
         if batch["audio"].shape[0] == 0:
             return
         log_probs, frames = self._forward_batch(batch)
-        terms = self._ctc(log_probs, frames, batch)
-        counts = self._counts
-        counts["infeasible"] += float(torch.stack([t.infeasible for t in terms.values()]).any(0).sum())
-        refs = list(batch["texts"])
-        known = self.syllable_vocab
-        for h, lp in log_probs.items():
-            counts[f"loss_sum_{h}"] += float(terms[h].loss_sum)
-            counts[f"ntokens_{h}"] += float(terms[h].ntokens)
-            hyps = greedy_decode(lp, frames, getattr(self, f"{h}_vocab"))
-            for k, v in edit_counts(refs, hyps).items():
-                counts[f"{k}_{h}"] += v
-            if known is not None:
-                pairs = [(r, y) for r, y in zip(refs, hyps, strict=True) if normalize_for_scoring(r)]
-                if pairs:
-                    recovered, total = oov_recovery_counts([r for r, _ in pairs], [y for _, y in pairs], known)
-                    counts[f"oov_recovered_{h}"] += recovered
-                    counts[f"oov_total_{h}"] += total
+        hyps = {h: greedy_decode(lp, frames, getattr(self, f"{h}_vocab")) for h, lp in log_probs.items()}
+        self._counts.add(self._ctc(log_probs, frames, batch), list(batch["texts"]), hyps, self.syllable_vocab)
 
     def _log_evaluation(self, stage: str) -> None:
-        keys = sorted(self._counts)
-        values = torch.tensor([self._counts[k] for k in keys], dtype=torch.float64, device=self.device)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            values = self.trainer.strategy.reduce(values, reduce_op="sum")
-        c = defaultdict(float, zip(keys, values.tolist(), strict=True))
-        self._counts = defaultdict(float)
-
-        def rate(num: float, den: float) -> float:
-            return num / den if den else float("nan")
-
-        logs: dict[str, float] = {f"{stage}/ctc_infeasible": c["infeasible"]}
-        per_head = {}
-        for h in self.heads_used:
-            per_head[h] = rate(c[f"loss_sum_{h}"], c[f"ntokens_{h}"])
-            logs[f"{stage}/loss_{h}"] = per_head[h]
-            logs[f"{stage}/cer_{h}"] = rate(c[f"cer_err_{h}"], c[f"cer_len_{h}"])
-            logs[f"{stage}/wer_{h}"] = rate(c[f"wer_err_{h}"], c[f"wer_len_{h}"])
-            logs[f"{stage}/swer_{h}"] = rate(c[f"swer_err_{h}"], c[f"wer_len_{h}"])
-            logs[f"{stage}/jer_{h}"] = rate(c[f"jer_err_{h}"], c[f"jer_len_{h}"])
-            if self.syllable_vocab is not None:
-                logs[f"{stage}/oov_recovery_{h}"] = rate(c[f"oov_recovered_{h}"], c[f"oov_total_{h}"])
-        logs[f"{stage}/loss"] = float(
-            multitask_ctc_loss(
-                self.hparams.mtl_weight,
-                torch.tensor(per_head["syllable"]) if "syllable" in per_head else None,
-                torch.tensor(per_head["grapheme"]) if "grapheme" in per_head else None,
-            )
-        )
-        logs[f"{stage}/cer"] = min(logs[f"{stage}/cer_{h}"] for h in self.heads_used)
+        counts, self._counts = self._counts, EpochCounts(self.heads_used)
+        counts.load_tensor(self.sum_over_ranks(counts.to_tensor(self.device)))
+        logs = counts.logs(stage, self.hparams.mtl_weight, with_oov=self.syllable_vocab is not None)
         # values are already summed over ranks: identical everywhere, nothing left to synchronise
         self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=False)
 
     def on_validation_epoch_start(self) -> None:
-        self._counts = defaultdict(float)
+        self._counts = EpochCounts(self.heads_used)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch)
@@ -537,7 +408,7 @@ class HierarchicalFineTuner(pl.LightningModule):
         self._log_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
-        self._counts = defaultdict(float)
+        self._counts = EpochCounts(self.heads_used)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch)
@@ -562,15 +433,6 @@ class HierarchicalFineTuner(pl.LightningModule):
         return out
 
     # ------------------------------------------------------------------ optimisation
-    def _total_steps(self) -> int:
-        if self.hparams.total_steps is not None:
-            return int(self.hparams.total_steps)
-        max_steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
-        if max_steps is None or max_steps <= 0:
-            raise ValueError("HierarchicalFineTuner needs `total_steps` or a Trainer with `max_steps` > 0 for "
-                             "the tri-stage schedule")
-        return int(max_steps)
-
     def configure_optimizers(self):
         hp = self.hparams
         self._heads()  # the heads must exist before their parameters are handed to the optimizer
@@ -578,19 +440,12 @@ class HierarchicalFineTuner(pl.LightningModule):
         heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         groups = [{"params": backbone, "lr": hp.lr, "name": "backbone"},
                   {"params": heads, "lr": hp.head_lr if hp.head_lr is not None else hp.lr, "name": "heads"}]
-        groups = [g for g in groups if g["params"]]
-        params = [p for g in groups for p in g["params"]]
-        # the fused kernel is several times faster than the per-parameter loop torch uses on CPU
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-        optimizer = torch.optim.AdamW(
-            groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
-        )
-        clock = BudgetClock(self._total_steps())  # a max_time cap finishes the schedule too
-        clock.trainer = self._trainer
+        optimizer = self._adamw([g for g in groups if g["params"]])
+        clock = self._budget_clock(self._total_steps())
         scheduler = tri_stage_schedule(
             optimizer, clock.total_steps, tuple(hp.phase_ratio), hp.init_lr_scale, hp.final_lr_scale, clock
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return self._per_step(optimizer, scheduler)
 
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

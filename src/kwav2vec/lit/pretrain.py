@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 
-from kwav2vec.checkpoints.reader import read_backbone_checkpoint
-from kwav2vec.lit.guards import safety_callbacks
-from kwav2vec.lit.schedules import BudgetClock, polynomial_decay_schedule
-from kwav2vec.models.config import Wav2Vec2Config, preset
+from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint
+from kwav2vec.lit.base import TrainingModule
+from kwav2vec.lit.schedules import polynomial_decay_schedule
+from kwav2vec.models.config import preset
 from kwav2vec.models.losses import pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 
@@ -45,55 +43,16 @@ COLLAPSE_CHECK_EVERY = 50
 # Collapsed: code perplexity below this many times its floor G (one codeword in each group).
 COLLAPSE_PERPLEXITY_FACTOR = 1.5
 
-# Modules that only pretraining uses: a fine-tuned checkpoint may lack them, and then they keep
-# their fresh initialisation when it is used to initialise pretraining.
-PRETRAINING_PREFIXES = ("quantizer.", "project_q.", "final_proj.")
-# Config fields that fix the shapes or the computation of the weights; a checkpoint whose config
-# differs in one of them cannot be loaded into a model built with another.
-ARCHITECTURE_FIELDS = (
-    "extractor_mode", "conv_feature_layers", "conv_bias", "normalize", "encoder_layers", "encoder_embed_dim",
-    "encoder_ffn_embed_dim", "encoder_attention_heads", "layer_norm_first", "conv_pos", "conv_pos_groups",
-    "final_dim", "latent_vars", "latent_groups", "latent_dim",
-)
-
-
-def load_backbone_weights(
-    model: Wav2Vec2Model,
-    path: str | os.PathLike,
-    backbone: tuple[Wav2Vec2Config, dict[str, torch.Tensor]] | None = None,
-) -> list[str]:
-    """Loads backbone weights from `path` into `model` (in place); `backbone`: the (config, state
-    dict) already read from it (`path` then only names it in messages).
-
-    The file's architecture fields must equal the model's. Every model parameter must be in the file,
-    except the pretraining-only modules (quantizer, project_q, final_proj), which keep their
-    initialisation when absent. Unknown keys in the file are an error. Returns the keys left missing.
-    """
-    cfg, state = backbone if backbone is not None else read_backbone_checkpoint(path)
-    diff = {f: (getattr(cfg, f), getattr(model.cfg, f)) for f in ARCHITECTURE_FIELDS
-            if getattr(cfg, f) != getattr(model.cfg, f)}
-    if diff:
-        details = ", ".join(f"{k}: file {a!r} vs model {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{os.fspath(path)}: architecture differs from the model ({details})")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(PRETRAINING_PREFIXES)]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{os.fspath(path)}: state_dict does not match the backbone; missing {missing[:10]}"
-            f"{'...' if len(missing) > 10 else ''}, unexpected {result.unexpected_keys[:10]}"
-        )
-    return list(result.missing_keys)
-
-
-class Pretrainer(pl.LightningModule):
+class Pretrainer(TrainingModule):
     """wav2vec 2.0 contrastive pretraining.
 
     Args:
         model: backbone preset, "tiny" | "base" | "large" (ignored when `init_from` is given: the
             architecture then comes from that file).
         model_overrides: Wav2Vec2Config fields to change, e.g. {"mask_prob": 0.5, "encoder_layerdrop": 0.0}.
-        init_from: optional path to a backbone file from our checkpoint importers
-            ({"config": ..., "state_dict": ...}) to start from.
+        init_from: optional model file to start from, anything `checkpoints.read_model_checkpoint`
+            reads (a converted import, a Pretrainer or fine-tuner checkpoint); its config gives the
+            architecture, and absent pretraining-only modules keep their initialisation.
         lr: peak learning rate (fairseq BASE: 5e-4).
         warmup_steps: linear warmup updates (fairseq BASE: 32000).
         total_steps: updates of the polynomial decay; None uses the Trainer's `max_steps`.
@@ -131,14 +90,14 @@ class Pretrainer(pl.LightningModule):
         self.save_hyperparameters()
         overrides = dict(model_overrides or {})
         if init_from is not None:
-            backbone = read_backbone_checkpoint(init_from)  # read (and verified) once
-            cfg = backbone[0].replace(**overrides) if overrides else backbone[0]
+            init = read_model_checkpoint(init_from, what="init_from checkpoint", mmap=True)  # read once
+            cfg = init.config.replace(**overrides) if overrides else init.config
         else:
             cfg = preset(model, **overrides)
         self.config = cfg
         self.model = Wav2Vec2Model(cfg)
         if init_from is not None:
-            load_backbone_weights(self.model, init_from, backbone)
+            load_backbone_weights(self.model, init, origin=init_from)
         self._collapsed_checks = 0  # consecutive collapse checks that found the codebook collapsed
         self._healthy: dict | None = None  # CPU copy of weights + optimizer at the last healthy check
         self.recoveries = 0
@@ -240,24 +199,17 @@ class Pretrainer(pl.LightningModule):
         )
         self.log("train/collapse_recoveries", float(self.recoveries), on_step=True, on_epoch=False)
 
-    @staticmethod
-    def _global_normalised(loss: torch.Tensor, masked_frames: torch.Tensor) -> torch.Tensor:
+    def _global_normalised(self, loss: torch.Tensor, masked_frames: torch.Tensor) -> torch.Tensor:
         """The loss as a share of the global batch's: under DDP each rank's loss is averaged over its
         own masked frames, and DDP averages gradients over ranks, which would weight a rank with few
         masked frames as much as one with many. Scaling by frames * world / global frames makes the
         averaged gradient that of the loss over all masked frames of all ranks (fairseq's
         sample_size normalisation)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        world = self._world_size()
+        if world == 1:
             return loss
-        world = torch.distributed.get_world_size()
-        total = masked_frames.detach().clone()
-        torch.distributed.all_reduce(total)
+        total = self.sum_over_ranks(masked_frames.detach())
         return loss * masked_frames * world / total.clamp(min=1.0)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        # Always on, whoever builds the Trainer: skip non-finite steps; resume with the RNG streams
-        # of an uninterrupted run.
-        return safety_callbacks(self._trainer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         audio, _ = self._unpack(batch)
@@ -280,33 +232,11 @@ class Pretrainer(pl.LightningModule):
         """Code perplexity near its floor, the number of groups G (one codeword per group)."""
         return float(code_perplexity) < COLLAPSE_PERPLEXITY_FACTOR * self.config.latent_groups
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # gradients are unscaled here (AMP) and not yet clipped: the norm clipping acts on
-        grads = [p.grad.detach() for p in self.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        self.log("train/grad_norm", norm.float(), on_step=True, on_epoch=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
-
     # ------------------------------------------------------------------ optimisation
-    def _total_steps(self) -> int:
-        if self.hparams.total_steps is not None:
-            return int(self.hparams.total_steps)
-        max_steps = getattr(self.trainer, "max_steps", -1) if self._trainer is not None else -1
-        if max_steps is None or max_steps <= 0:
-            raise ValueError("Pretrainer needs `total_steps` or a Trainer with `max_steps` > 0 for the lr decay")
-        return int(max_steps)
-
     def configure_optimizers(self):
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        # the fused kernel is several times faster than the per-parameter loop torch uses on CPU
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-        optimizer = torch.optim.AdamW(
-            params, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay, fused=fused
-        )
+        optimizer = self._adamw(p for p in self.parameters() if p.requires_grad)
         total = self._total_steps()
-        clock = BudgetClock(total)  # a max_time cap finishes the schedule too
-        clock.trainer = self._trainer
         scheduler = polynomial_decay_schedule(optimizer, min(hp.warmup_steps, total), total, hp.end_lr_ratio, hp.power,
-                                              clock)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+                                              self._budget_clock(total))
+        return self._per_step(optimizer, scheduler)
