@@ -25,7 +25,7 @@ from kwav2vec.deploy.onnx_export import CONFIG_FILE, MODEL_FILE, export_onnx, qu
 from kwav2vec.deploy.onnx_runtime import OnnxModel, read_tokens
 from kwav2vec.inference.predict import load_finetuner
 from kwav2vec.lit.finetune import HierarchicalFineTuner
-from kwav2vec.models.kernels import plain_pytorch
+from kwav2vec.models.cpu import plain_pytorch
 from kwav2vec.text.vocab import Vocabulary
 
 ort = pytest.importorskip("onnxruntime")

@@ -19,7 +19,7 @@ refuses (rather than silently freezes) any branch on tensor values; the TorchScr
 the example batch's branches and Python integers into the graph. Opset 18 is the dynamo exporter's
 native opset (LayerNormalization needs >= 17) and onnxruntime >= 1.14 runs it.
 
-The model is exported under `models.kernels.plain_pytorch()`: no CPU training kernel (16-bit-lane
+The model is exported under `models.cpu.plain_pytorch()`: no CPU training kernel (16-bit-lane
 dropout, FFT positional conv, blocked attention, im2col, per-utterance encoder) and no shortcut that
 branches on values. The one operator that does not export as written is the FFT convolution (a
 custom autograd Function over complex tensors): the plain path uses `conv1d`. The positional conv's
@@ -48,7 +48,7 @@ from torch import nn
 
 from kwav2vec.models.config import SAMPLE_RATE
 from kwav2vec.models.ctc_loss import ctc_log_probs
-from kwav2vec.models.kernels import plain_pytorch
+from kwav2vec.models.cpu import plain_pytorch
 from kwav2vec.text.vocab import Vocabulary
 
 OPSET = 18

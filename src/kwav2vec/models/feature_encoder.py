@@ -10,11 +10,10 @@ statistics over *time*) only looks at each utterance's own frames. fairseq and H
 zero padding of a batch in those statistics, so a padded utterance gets different features than the
 same utterance alone; for unpadded input the two are identical.
 
-Speed: the convolutions run as im2col (slices of x) + one matrix multiply on time-major (B, T, C)
-activations rather than `conv1d` on (B, C, T). On CPU that is about a quarter faster than oneDNN's
-convolution (forward + backward), and the layer norms then act on contiguous channels with no
-transposes. Same weights (`conv.weight` reshaped), same results up to float rounding. The output is
-therefore (B, T, C), not fairseq's (B, C, T).
+Layout: outside `plain_pytorch()` the convolutions run as im2col + matmul on time-major (B, T, C)
+activations (`kwav2vec.models.cpu.conv`), and without autograd on CPU one utterance at a time;
+`_forward_plain` is fairseq's conv1d on (B, C, T). Same weights, same results up to float rounding.
+The output is (B, T, C) either way, not fairseq's (B, C, T).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwav2vec.models.kernels import plain
+from kwav2vec.models.cpu import conv_as_matmul, per_utterance, plain, use_cpu_kernels
 
 
 class TransposeLast(nn.Module):
@@ -88,39 +87,6 @@ def conv_output_lengths(lengths: torch.Tensor, conv_layers: list[tuple[int, int,
     return out
 
 
-def conv_as_matmul(x: torch.Tensor, conv: nn.Conv1d, channels_first: bool = False) -> torch.Tensor:
-    """`conv` (no padding, no dilation, groups 1) applied as im2col + matmul.
-
-    x: (B, T, C_in) time-major, or (B, C_in, T) with `channels_first`. Returns (B, T_out, C_out).
-    """
-    if channels_first:
-        x = x.transpose(1, 2).contiguous()  # (B, T, C_in)
-    cols = _columns(x, conv.kernel_size[0], conv.stride[0])  # (B, T_out, k * C_in), tap-major
-    C_out, C_in, kernel = conv.weight.shape
-    weight = conv.weight.permute(0, 2, 1).reshape(C_out, kernel * C_in)  # the columns' (tap, channel) order
-    return F.linear(cols, weight, conv.bias)
-
-
-def _columns(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """im2col of time-major x (B, T, C) -> (B, T_out, kernel * C), column j * C + c = x[:, t * stride + j, c].
-
-    Built from slices rather than `unfold`: `stride` consecutive taps at once are a plain reshape of
-    x, and the backward pass of slices and a concatenation is a copy, where `unfold`'s backward
-    scatter-adds every column (measured several times slower on CPU).
-    """
-    B, T, C = x.shape
-    T_out = (T - kernel) // stride + 1
-    pieces, tap = [], 0
-    while tap < kernel:
-        if tap + stride <= kernel and tap + stride * T_out <= T:  # taps tap..tap+stride-1: a view of x
-            pieces.append(x[:, tap : tap + stride * T_out].reshape(B, T_out, stride * C))
-            tap += stride
-        else:  # one tap: every stride-th frame
-            pieces.append(x[:, tap : tap + stride * (T_out - 1) + 1 : stride])
-            tap += 1
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
-
-
 class ConvFeatureEncoder(nn.Module):
     """Waveforms (B, S) -> features (B, T, C) and their frame lengths (B,).
 
@@ -159,15 +125,9 @@ class ConvFeatureEncoder(nn.Module):
         """x: (B, S) waveforms; lengths: (B,) samples. Returns features (B, T, C) and frame lengths (B,)."""
         if plain():
             return self._forward_plain(x, lengths)
-        if not torch.is_grad_enabled() and x.shape[0] > 1 and x.device.type == "cpu":
-            # Frozen or inference: one utterance at a time. The first layers' activations (512 channels
-            # at 3.2 kHz: 26 MB a 4 s utterance) then come from memory the allocator reuses instead of
-            # fresh pages mapped for every batch-sized tensor: ~0.8 vs ~1.1 s for BASE on 4 x 4 s.
-            # Identical results: every utterance is normalised over its own frames either way.
-            outputs = [self._forward(x[i : i + 1], None if lengths is None else lengths[i : i + 1])
-                       for i in range(x.shape[0])]
-            features = torch.cat([features for features, _ in outputs])
-            return features, None if lengths is None else torch.cat([frames for _, frames in outputs])
+        if use_cpu_kernels(x) and not torch.is_grad_enabled() and x.shape[0] > 1:
+            # frozen or inference: one utterance at a time reuses memory (kwav2vec.models.cpu.conv)
+            return per_utterance(self._forward, x, lengths)
         return self._forward(x, lengths)
 
     def _forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kwav2vec.models.dropout import Dropout
+from kwav2vec.models.cpu import Dropout
 from kwav2vec.models.transformer import TransformerEncoderLayer, attention_mask, init_bert_params
 
 

@@ -3,6 +3,8 @@
 Attribute names follow fairseq (`pos_conv.0`, `layers.{i}.self_attn.{q,k,v,out}_proj`,
 `self_attn_layer_norm`, `fc1`, `fc2`, `final_layer_norm`, `layer_norm`) so checkpoints map 1:1.
 Both layer forms: post-LN (BASE, `layer_norm_first=False`) and pre-LN ("stable layer norm", LARGE).
+On CPU the dropouts, the attention with dropout and the positional convolution take the kernels of
+`kwav2vec.models.cpu`; their plain PyTorch forms are `F.dropout`, SDPA and `nn.Conv1d`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from kwav2vec.models.dropout import Dropout, dropout
-from kwav2vec.models.fft_conv import FFTConv1d
-from kwav2vec.models.kernels import plain, use_cpu_kernels
+from kwav2vec.models.cpu import Dropout, FFTConv1d, attention_with_dropout, dropout, plain, use_cpu_kernels
 
 
 def init_bert_params(module: nn.Module) -> None:
@@ -50,39 +50,12 @@ class MultiheadSelfAttention(nn.Module):
                    for proj in (self.q_proj, self.k_proj, self.v_proj))  # each (B, H, T, hd)
         p = self.dropout if self.training else 0.0
         if p > 0.0 and use_cpu_kernels(x):
-            # SDPA's CPU path draws its dropout mask one element at a time; the same math with our mask
+            # SDPA's CPU path draws its dropout mask one element at a time (kwav2vec.models.cpu.attention)
             y = attention_with_dropout(q, k, v, attn_mask, p)  # (B, H, T, hd)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.out_proj(y)
-
-
-# Query rows per block of `attention_with_dropout`: blocks of (B, H, rows, T) scores up to this many
-# elements (16 MB) stay in cache through softmax and dropout and come from the allocator's reused
-# memory rather than fresh pages (>= 32 MB blocks are mmapped anew each time); measured 2.2x faster
-# forward + backward at 2 x 15.6 s (T = 779) and 1.6x at 8 x 15.6 s than one (B, H, T, T) block.
-ATTENTION_BLOCK_ELEMENTS = 2**22
-
-
-def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, p: float
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) with dropout p, times v, in blocks of query rows.
-
-    q, k, v: (B, H, T, hd); attn_mask: (B, 1, 1, T) bool, True = may attend, or None. Returns (B, H, T, hd).
-    """
-    B, H, T, head_dim = q.shape
-    rows = max(1, ATTENTION_BLOCK_ELEMENTS // (B * H * T))
-    q = q * head_dim**-0.5
-    k_t = k.transpose(-2, -1)  # (B, H, hd, T)
-    blocks = []
-    for start in range(0, T, rows):
-        scores = torch.matmul(q[:, :, start : start + rows], k_t)  # (B, H, rows, T)
-        if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        blocks.append(torch.matmul(dropout(scores.softmax(dim=-1), p), v))  # (B, H, rows, hd)
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
 
 
 class TransformerEncoderLayer(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kwav2vec.models.config import Wav2Vec2Config
-from kwav2vec.models.dropout import Dropout
+from kwav2vec.models.cpu import Dropout
 from kwav2vec.models.feature_encoder import ConvFeatureEncoder
 from kwav2vec.models.losses import contrastive_logits
 from kwav2vec.models.masking import apply_channel_mask, compute_mask_indices, sample_negatives

@@ -4,8 +4,7 @@ wav2vec 2.0's positional convolution has kernel 128 (16 groups of 48 channels at
 convolution costs T * 128 * 48 multiply-adds per output channel, and on CPU its backward is slower
 still. Through the FFT (overlap-save blocks of N = 256 samples) the same correlation costs transforms
 of the blocks and of the kernel plus one small (48 x 48) complex matrix product per group and
-frequency. Forward + backward at BASE measured 0.18 vs 0.3-0.45 s on 4 x 4 s and 0.25 vs 0.76 s on
-2 x 15.6 s. The backward is written by hand: autograd's own rfft backward runs a full complex FFT of
+frequency. The backward is written by hand: autograd's own rfft backward runs a full complex FFT of
 the zero-padded kernel, which costs more than the convolution it replaces. Results equal `F.conv1d`
 up to float rounding (~1e-6 relative). Used on CPU only; cuDNN's direct kernels suit the GPU.
 """
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwav2vec.models.kernels import use_cpu_kernels
+from kwav2vec.models.cpu.switch import use_cpu_kernels
 
 # Below this kernel size direct convolution wins: the FFT's cost does not grow with the kernel.
 MIN_FFT_KERNEL = 32

@@ -1,11 +1,11 @@
-"""Dropout whose CPU masks cost a quarter of torch's random draws.
+"""Dropout whose CPU masks take one 64-bit random draw per four elements.
 
-On CPU, `F.dropout` draws one Bernoulli sample per element through a serial generator loop: on a
-(4, 199, 3072) FFN activation it takes ~30 ms against 0.4 ms for the multiplication it feeds. Here
-each 64-bit draw of the same (seeded, reproducible) default generator yields four 16-bit lanes, each
-compared with a threshold: keep probability quantized to 1/65,536 (|error| <= 7.6e-6) and the kept
-values scaled by the exact inverse of that probability, so the output stays unbiased. Forward and
-backward together measure ~3x cheaper. On other devices `F.dropout` is already fast and is used.
+On CPU, `F.dropout` draws one Bernoulli sample per element through a serial generator loop, which
+costs far more than the multiplication it feeds. Here each 64-bit draw of the same (seeded,
+reproducible) default generator yields four 16-bit lanes, each compared with a threshold: keep
+probability quantized to 1/65,536 (|error| <= 7.6e-6) and the kept values scaled by the exact
+inverse of that probability, so the output stays unbiased. On other devices, and under
+`plain_pytorch()`, `F.dropout` is used.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwav2vec.models.kernels import use_cpu_kernels
+from kwav2vec.models.cpu.switch import use_cpu_kernels
 
 _LANES = 65536  # values of one 16-bit lane
 
