@@ -9,7 +9,7 @@ wait4, so one measurement cannot inherit another's allocations):
   0.3-0.7 s of silence into one recording (about 4 minutes); CER of greedy and joint-rescore on it
   with --chunk-seconds 10, 20 and 30, against the per-utterance CER of the same model, and the share
   of utterances whose speech onset (known: where each was placed, plus its own leading silence)
-  has a hypothesis word starting within 0.2 s;
+  has a hypothesis word starting within 0.2 s, for each --pauses value (--pause-seconds);
 - `memory`: 1-, 10- and 60-minute recordings (the concatenation repeated, or noise for a random
   model) through `evaluate` on the tiny model and on a random base model (1 and 10 minutes only by
   default: base runs at about a third of real time on 2 cores): peak memory, wall time, the
@@ -96,13 +96,14 @@ def write_manifest(path: Path, audio: Path, ref: str) -> Path:
     return path
 
 
-def evaluate(ckpt: str, manifest: Path, out: Path, decoders: list[str], chunk: float) -> tuple[dict, float, float]:
+def evaluate(ckpt: str, manifest: Path, out: Path, decoders: list[str], chunk: float,
+             extra: tuple[str, ...] = ()) -> tuple[dict, float, float]:
     wall, peak, _ = measure(["evaluate", ckpt, str(manifest), "--decoder", *decoders, "--out", str(out),
-                             "--chunk-seconds", str(chunk), "--no-progress"])
+                             "--chunk-seconds", str(chunk), "--no-progress", *extra])
     return json.loads((out / "summary.json").read_text()), wall, peak
 
 
-def part_accuracy(ckpt: str, test: Path, tmp: Path) -> None:
+def part_accuracy(ckpt: str, test: Path, tmp: Path, pauses: list[float]) -> None:
     audio, ref, onsets = concatenation(test, tmp / "joined.wav")
     seconds = sf.info(str(audio)).duration
     decoders = ["greedy-grapheme", "joint-rescore"]
@@ -112,17 +113,23 @@ def part_accuracy(ckpt: str, test: Path, tmp: Path) -> None:
     print(f"| per utterance | {100 * per_utt['decoders']['greedy-grapheme']['cer']:.1f} | "
           f"{100 * per_utt['decoders']['joint-rescore']['cer']:.1f} |")
     manifest = write_manifest(tmp / "joined.jsonl", audio, ref)
-    for chunk in (10, 20, 30):
-        s, _, _ = evaluate(ckpt, manifest, tmp / f"joined_{chunk}", decoders, chunk)
-        print(f"| joined, --chunk-seconds {chunk} | {100 * s['decoders']['greedy-grapheme']['cer']:.1f} | "
-              f"{100 * s['decoders']['joint-rescore']['cer']:.1f} |", flush=True)
-    for decoder in ("greedy", "joint:rescore"):
-        _, _, out = measure(["transcribe", ckpt, str(audio), "--decoder", decoder, "--json"])
-        words = json.loads(out)["results"][0]["words"]
-        starts = np.array([w["start"] for w in words])
-        hits = sum(bool(len(starts)) and float(np.abs(starts - o).min()) <= ONSET_TOLERANCE for o in onsets)
-        print(f"{decoder}: {hits} of {len(onsets)} utterance onsets ({100 * hits / len(onsets):.0f}%) have a word "
-              f"starting within {ONSET_TOLERANCE} s ({json.loads(out)['results'][0]['times_from']})", flush=True)
+    for pause in pauses:
+        for chunk in (10, 20, 30):
+            s, _, _ = evaluate(ckpt, manifest, tmp / f"joined_{chunk}_{pause}", decoders, chunk,
+                               ("--pause-seconds", str(pause)))
+            print(f"| joined, --chunk-seconds {chunk} --pause-seconds {pause:g} | "
+                  f"{100 * s['decoders']['greedy-grapheme']['cer']:.1f} | "
+                  f"{100 * s['decoders']['joint-rescore']['cer']:.1f} |", flush=True)
+    for pause in pauses:
+        for decoder in ("greedy", "joint:rescore"):
+            _, _, out = measure(["transcribe", ckpt, str(audio), "--decoder", decoder, "--json",
+                                 "--pause-seconds", str(pause)])
+            words = json.loads(out)["results"][0]["words"]
+            starts = np.array([w["start"] for w in words])
+            hits = sum(bool(len(starts)) and float(np.abs(starts - o).min()) <= ONSET_TOLERANCE for o in onsets)
+            print(f"{decoder}, --pause-seconds {pause:g}: {hits} of {len(onsets)} utterance onsets "
+                  f"({100 * hits / len(onsets):.0f}%) have a word starting within {ONSET_TOLERANCE} s "
+                  f"({json.loads(out)['results'][0]['times_from']})", flush=True)
 
 
 def random_checkpoint(preset: str, tmp: Path) -> str:
@@ -190,8 +197,9 @@ def part_pipeline(ckpt: str, test: Path, tmp: Path) -> None:
     start = time.perf_counter()
     hf_text = asr({"raw": wave, "sampling_rate": RATE}, chunk_length_s=20, stride_length_s=2)["text"]
     hf_seconds = time.perf_counter() - start
+    # one continuous stream (--pause-seconds 0), as the pipeline decodes: no word breaks added at pauses
     ours_wall, _, out = measure(["transcribe", ckpt, str(audio), "--decoder", "greedy", "--json",
-                                 "--chunk-seconds", "20", "--stride-seconds", "2"])
+                                 "--chunk-seconds", "20", "--stride-seconds", "2", "--pause-seconds", "0"])
     ours = json.loads(out)["results"][0]["text"]
     from kwav2vec.text.hangul import compose  # the HF export's tokens are jamo
 
@@ -210,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["accuracy", "memory", "pipeline"])
     parser.add_argument("--base-minutes", type=float, nargs="+", default=[1, 10])
     parser.add_argument("--tiny-minutes", type=float, nargs="+", default=[1, 10, 60])
+    parser.add_argument("--pauses", type=float, nargs="+", default=[0.3, 0],
+                        help="--pause-seconds values the accuracy part compares (0: one stream per file)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "accuracy" in args.parts:
             if not args.checkpoint:
                 parser.error("--parts accuracy needs --checkpoint (a trained model)")
-            part_accuracy(args.checkpoint, Path(args.manifest), tmp)
+            part_accuracy(args.checkpoint, Path(args.manifest), tmp, args.pauses)
         if "memory" in args.parts:
             part_memory(args.checkpoint, tmp, args.base_minutes, args.tiny_minutes)
         if "pipeline" in args.parts:

@@ -267,6 +267,34 @@ def test_onnx_backend_gives_the_lightning_results_for_every_decoder(base_export,
         assert read_tsv(tmp_path / "ort" / f"{name}.tsv") == read_tsv(tmp_path / "pt" / f"{name}.tsv"), name
 
 
+def test_onnx_backend_takes_long_files_in_windows_and_segments_as_lightning(base_export, tmp_path, capsys):
+    """A file longer than one chunk: windows, segments and word times on onnxruntime's outputs equal
+    the Lightning path's."""
+    from kwav2vec.inference import transcribe
+
+    ckpt, folder = base_export
+    audio = tmp_path / "long.wav"
+    rng = np.random.default_rng(3)
+    burst = np.concatenate([0.1 * rng.standard_normal(16000), np.zeros(8000)]).astype(np.float32)
+    sf.write(audio, np.tile(burst, 4), 16000)  # 6 s
+    common = [str(audio), "--json", "--chunk-seconds", "2", "--stride-seconds", "0.4", "--trainer.accelerator", "cpu"]
+
+    def results(decoder: str) -> list[dict]:
+        docs = []
+        for source in (str(ckpt), str(folder)):
+            assert transcribe.main([source, *common, "--decoder", decoder, "--beam-width", "4"]) == 0
+            docs.append(json.loads(capsys.readouterr().out)["results"][0])
+        return docs
+
+    pt, ort = results("greedy")  # times from the best path, which float noise does not move here
+    assert pt["seconds"] == ort["seconds"] == 6.0
+    assert pt["text"] == ort["text"] and pt["words"] == ort["words"] and pt["times_from"] == ort["times_from"]
+    # a beam's times come from a forced alignment, whose ties on a random model's flat outputs
+    # float noise may break either way: compared are the texts
+    pt, ort = results("beam")
+    assert pt["text"] == ort["text"] and [h["text"] for h in pt["nbest"]] == [h["text"] for h in ort["nbest"]]
+
+
 def test_onnx_backend_refuses_devices_and_non_exports(base_export, workdir, capsys):
     from kwav2vec.inference import transcribe
 

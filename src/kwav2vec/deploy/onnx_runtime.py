@@ -24,7 +24,15 @@ import torch
 
 from kwav2vec.deploy.onnx_export import CONFIG_FILE, FORMAT, FORMAT_VERSION, HEADS, INPUT_NAMES, INSTALL_HINT
 from kwav2vec.inference.decoders import MultiDecoder
-from kwav2vec.inference.predict import DecodingWriter, PredictDataModule, RankResults, Source, gather_results
+from kwav2vec.inference.predict import (
+    DecodingWriter,
+    PredictDataModule,
+    RankResults,
+    Source,
+    chunk_config,
+    gather_results,
+    segment_config,
+)
 from kwav2vec.inference.tune import stored_entry
 from kwav2vec.text.vocab import SPECIALS, Vocabulary
 
@@ -143,13 +151,16 @@ def run_onnx_prediction(
     args,
     *,
     progress_bar: bool,
+    times: bool = False,
 ) -> tuple[list[RankResults], float, int]:
-    """`run_prediction` on onnxruntime: (results, wall seconds of the loop, world size 1)."""
+    """`run_prediction` on onnxruntime: (results, wall seconds of the loop, world size 1); long files
+    go in windows and segments as there."""
     check_cpu_only(args)
-    datamodule = PredictDataModule(sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers)
+    datamodule = PredictDataModule(sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers,
+                                   chunking=chunk_config(args))
     loader = datamodule.predict_dataloader()
     trainer = SimpleNamespace(global_rank=0, datamodule=datamodule)  # what DecodingWriter reads of a Trainer
-    writer = DecodingWriter(make_decoder)
+    writer = DecodingWriter(make_decoder, times=times, segmenting=segment_config(args))
     batches = loader
     if progress_bar:
         from tqdm import tqdm

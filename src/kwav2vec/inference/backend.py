@@ -61,5 +61,5 @@ def predict(
     if isinstance(model, OnnxModel):
         from kwav2vec.deploy.onnx_runtime import run_onnx_prediction
 
-        return run_onnx_prediction(model, sources, make_decoder, args, progress_bar=progress_bar)
+        return run_onnx_prediction(model, sources, make_decoder, args, progress_bar=progress_bar, times=times)
     return run_prediction(model, sources, make_decoder, args, progress_bar=progress_bar, times=times)

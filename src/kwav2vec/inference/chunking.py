@@ -9,10 +9,11 @@ A file longer than one chunk is cut into windows of `chunk` samples that overlap
 stride are rounded to whole 320-sample frames, as transformers' ASR pipeline rounds its strides, so a
 window's frame j is the file's frame s_w / 320 + j: the convolutional front end is shift-equivariant
 by whole frames, and the frames each window keeps are exactly the file's frames, each from one window,
-at least `stride` away from that window's edges. Every decoder then decodes one continuous stream.
+at least `stride` away from that window's edges. The kept frames form one continuous stream, which
+segments.py cuts at pauses and hands to the decoders segment by segment.
 
 Audio is read window by window with soundfile's seek (or from a `.pcm` offset), so memory holds one
-batch of windows plus the file's log-probabilities, never the whole waveform. A file at another rate
+batch of windows plus the open segment's log-probabilities, never the whole waveform. A file at another rate
 is read at its own rate with a margin and resampled per block.
 """
 
@@ -166,36 +167,3 @@ def read_block(path: str, start: int, length: int) -> torch.Tensor:
             f"{where}: the header promises {length} more samples, the file ends after {block.shape[0]} "
             f"(at {(start + block.shape[0]) / SAMPLE_RATE:.2f} s)"))
     return block.contiguous()
-
-
-class StreamMerger:
-    """Collects the kept frames of each long file's windows and hands back the whole stream once the
-    file's last window has arrived (windows may come in any order, in any batch)."""
-
-    def __init__(self) -> None:
-        self._parts: dict[int, dict[int, dict[str, torch.Tensor | None]]] = {}
-
-    def add(self, index: int, window: Window, log_probs: dict[str, torch.Tensor | None]) -> dict | None:
-        """log_probs: head -> (T_w, V) of this window (None for a head not built). Returns head ->
-        (T_file, V) once every window of file `index` is in, else None."""
-        kept = {h: None if lp is None else lp[window.keep_from: window.keep_to].clone() for h, lp in log_probs.items()}
-        parts = self._parts.setdefault(index, {})
-        parts[window.number] = kept
-        if len(parts) < window.count:
-            return None
-        del self._parts[index]
-        merged = {}
-        for h in kept:
-            pieces = [parts[w][h] for w in range(window.count)]
-            merged[h] = None if pieces[0] is None else torch.cat(pieces, dim=0)
-        for h, lp in merged.items():
-            if lp is not None and lp.shape[0] != window.total_frames:
-                raise RuntimeError(f"merged {lp.shape[0]} frames of {h} log-probs, expected {window.total_frames}")
-        return merged
-
-    def drop(self, index: int) -> None:
-        """Forget a file (one of its blocks failed to load)."""
-        self._parts.pop(index, None)
-
-    def pending(self) -> list[int]:
-        return sorted(self._parts)

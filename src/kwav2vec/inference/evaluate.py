@@ -42,9 +42,10 @@ from kwav2vec.inference.predict import (
     chunk_config,
     command_parser,
     quiet_lightning,
+    segment_config,
     too_short_message,
 )
-from kwav2vec.inference.report import format_table, metrics_summary, scored_rows, write_json, write_tsv
+from kwav2vec.inference.report import char_errors, format_table, metrics_summary, scored_rows, write_json, write_tsv
 from kwav2vec.inference.tune import GRID, joint_names, store_weights, syllable_weights, tune
 from kwav2vec.metrics import normalize_for_scoring
 
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
         names = parse_decoders(args.decoder, args.head, args.joint_mode)
         if args.tune_weight and not joint_names(names):
             names += ["joint-union", "joint-rescore"]
-        chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
+        chunk_config(args), segment_config(args)  # bad --chunk/--stride/--pause... seconds: an option error
         entries = read_manifest(args.manifest, audio_root=args.audio_root, require_norm=True)
         model = load_model(args)
         check_heads(names, model.heads_used)
@@ -80,12 +81,14 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
-    empty = [e.id for e in entries if not normalize_for_scoring(e.norm or "")]
-    entries = [e for e in entries if normalize_for_scoring(e.norm or "")]
-    if not entries:
+    # each reference is put in scoring form once, here; the sources carry it in that form
+    refs = [normalize_for_scoring(e.norm or "") for e in entries]
+    empty = [e.id for e, ref in zip(entries, refs, strict=True) if not ref]
+    kept = [(e, ref) for e, ref in zip(entries, refs, strict=True) if ref]
+    if not kept:
         print(f"{PROG}: error: {args.manifest}: no utterance with a non-empty reference", file=sys.stderr)
         return 2
-    sources = [Source(i, e.id, e.path, e.num_samples, e.norm) for i, e in enumerate(entries)]
+    sources = [Source(i, e.id, e.path, e.num_samples, ref) for i, (e, ref) in enumerate(kept)]
 
     weights = syllable_weights(args.syllable_weight, model)
 
@@ -114,14 +117,14 @@ def main(argv: list[str]) -> int:
     for name in names:
         rows = scored_rows(
             [sources[i].id for i in order], [sources[i].ref for i in order],
-            [results[i].decoded[name].text for i in order],
+            [results[i].decoded[name].text for i in order], known, refs_normalized=True,
         )
         write_tsv(out_dir / f"{name}.tsv", rows)
         decode_seconds = sum(part.decode_seconds.get(name, 0.0) for part in gathered)
         compute = forward_seconds + decode_seconds
         decoders[name] = {
             "tsv": f"{name}.tsv",
-            **(metrics_summary(rows, known) if rows else {}),
+            **(metrics_summary(rows) if rows else {}),
             "timing": {
                 "decode_seconds": decode_seconds,
                 "decode_rtf": decode_seconds / audio_seconds if audio_seconds else None,
@@ -132,7 +135,7 @@ def main(argv: list[str]) -> int:
     summary = {
         "checkpoint": os.path.abspath(args.checkpoint),
         "manifest": os.path.abspath(args.manifest),
-        "utterances": len(entries) + len(empty),
+        "utterances": len(kept) + len(empty),
         "scored": len(order),
         "skipped": skipped,
         "too_short": too_short,
@@ -175,17 +178,15 @@ def main(argv: list[str]) -> int:
 
 def tune_and_store(args, names, sources, results, order, current) -> dict:
     """Character errors of every joint decoder at every GRID weight -> the chosen weights, stored."""
-    ids, refs = [sources[i].id for i in order], [sources[i].ref for i in order]
+    refs = [sources[i].ref for i in order]  # in scoring form already
     errors = {
-        name: {w: sum(r.char_errors for r in scored_rows(ids, refs, [results[i].decoded[weighted_name(name, w)].text
-                                                                     for i in order]))
-               for w in GRID}
+        name: {w: char_errors(refs, [results[i].decoded[weighted_name(name, w)].text for i in order]) for w in GRID}
         for name in joint_names(names)
     }
     chosen = tune(errors)
     before = current if isinstance(current, dict) else {"union": current, "rescore": current}
     modes = {**before, **chosen}  # a mode not decoded keeps its weight
-    ref_chars = sum(len(normalize_for_scoring(r)) for r in refs)
+    ref_chars = sum(len(r) for r in refs)
     record = {"tuned_on": os.path.abspath(args.manifest), "utterances": len(order),
               "cer": {name: errors[name][chosen[name.split("-", 1)[1]]] / ref_chars for name in errors}}
     store_weights(args.checkpoint, modes, record)

@@ -38,14 +38,23 @@ from kwav2vec.decoding.beam import Hypothesis
 from kwav2vec.inference.chunking import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_STRIDE_SECONDS,
+    FRAME_SECONDS,
     ChunkConfig,
-    StreamMerger,
     Window,
     num_samples_16k,
     plan_windows,
     read_block,
 )
 from kwav2vec.inference.decoders import HEADS, Decoded, MultiDecoder, add_decoder_arguments
+from kwav2vec.inference.segments import (
+    DEFAULT_MAX_SEGMENT_SECONDS,
+    DEFAULT_PAUSE_SECONDS,
+    Segment,
+    SegmentConfig,
+    StreamSegmenter,
+    combine,
+    shift_words,
+)
 from kwav2vec.inference.timestamps import word_times
 
 log = logging.getLogger(__name__)
@@ -262,12 +271,15 @@ class DecodingWriter(pl.Callback):
 
     def __init__(
         self, make_decoder: Callable[[pl.LightningModule], MultiDecoder], *, times: bool = False,
-        progress: bool = False,
+        progress: bool = False, segmenting: SegmentConfig | None = None,
     ) -> None:
         self.make_decoder = make_decoder
         self.times = times  # also align each decoder's best text: UtteranceResult.words
         self.progress = progress  # a line on stderr per window of a long file: audio seconds done
-        self.merger = StreamMerger()
+        # long files: cut at pauses and decoded segment by segment (segments.py); None: no cutting
+        self.segmenting = segmenting or SegmentConfig(0, 0)
+        self.segmenter: StreamSegmenter | None = None
+        self._partial: dict[int, dict] = {}  # long file -> its decoded segments so far
         self._failed: set[int] = set()  # long files one of whose blocks failed to load
         self._sources_long: set[int] = set()
         self.decoder: MultiDecoder | None = None
@@ -278,6 +290,8 @@ class DecodingWriter(pl.Callback):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results = RankResults(rank=trainer.global_rank)
         self.decoder = self.make_decoder(pl_module)
+        self.segmenter = StreamSegmenter(self.segmenting, {h: v.blank_id for h, v in self.decoder.vocabs.items()
+                                                           if v is not None})
         datamodule = trainer.datamodule
         self._sources = {s.index: s for s in getattr(datamodule, "sources", [])}
         chunk = getattr(datamodule, "chunking", None)
@@ -297,7 +311,9 @@ class DecodingWriter(pl.Callback):
                 res.skipped.append(item)
             if item["index"] in self._sources_long:
                 self._failed.add(item["index"])
-                self.merger.drop(item["index"])
+                assert self.segmenter is not None
+                self.segmenter.drop(item["index"])
+                self._partial.pop(item["index"], None)
         assert self.decoder is not None
         for clip in batch.get("short", []):
             path = self._sources[clip["index"]].path if clip["index"] in self._sources else ""
@@ -339,31 +355,60 @@ class DecodingWriter(pl.Callback):
         return {name: word_times(name, per_utt[b].text, lps, self.decoder.vocabs) for name, per_utt in decoded.items()}
 
     def _merge_windows(self, outputs: dict, batch: dict) -> None:
-        """Keeps each window's kept frames; decodes a long file once its last window is in."""
-        assert self.decoder is not None
+        """Hands each window's frames to the segmenter and decodes the segments it closed, all of
+        the batch's at once; a long file's result is complete with its last segment."""
+        assert self.segmenter is not None
         frames = outputs["frame_lengths"]
+        closed: list[Segment] = []
         for b, (index, uid, window) in enumerate(zip(batch["indices"], batch["ids"], batch["windows"], strict=True)):
             if index in self._failed:
                 continue
             lps = {h: None if outputs[f"{h}_log_probs"] is None else outputs[f"{h}_log_probs"][b, : int(frames[b])]
                    for h in HEADS}
-            merged = self.merger.add(index, window, lps)
-            path = self._sources[index].path if index in self._sources else ""
+            self._partial.setdefault(index, {"id": uid, "window": window, "decoded": [], "words": [], "from": []})
+            closed += self.segmenter.add(index, window, lps)
             if self.progress:
+                path = self._sources[index].path if index in self._sources else ""
                 done = min(window.start + window.length, window.total_samples) / SAMPLE_RATE
                 print(f"{path}: window {window.number + 1}/{window.count}, {done:.1f} of "
                       f"{window.total_samples / SAMPLE_RATE:.1f} s of audio", file=sys.stderr, flush=True)
-            if merged is None:
-                continue
-            T = window.total_frames
-            one = {h: None if lp is None else lp[None] for h, lp in merged.items()}
-            lengths = torch.tensor([T])
-            decoded = self.decoder.decode(one["grapheme"], one["syllable"], lengths)
-            self.results.utterances.append(UtteranceResult(
-                index=index, id=uid, path=path, num_samples=window.total_samples, frames=T,
-                decoded={name: per_utt[0] for name, per_utt in decoded.items()},
-                words=self._times(decoded, 0, {f"{h}_log_probs": one[h] for h in HEADS}, T),
-            ))
+        if closed:
+            self._decode_segments(closed)
+
+    def _decode_segments(self, segments: list[Segment]) -> None:
+        assert self.decoder is not None
+        lengths = torch.tensor([seg.frames for seg in segments])
+        padded = {h: None if segments[0].log_probs[h] is None else
+                  torch.nn.utils.rnn.pad_sequence([seg.log_probs[h] for seg in segments], batch_first=True)
+                  for h in HEADS}
+        decoded = self.decoder.decode(padded["grapheme"], padded["syllable"], lengths)
+        for i, seg in enumerate(segments):
+            part = self._partial[seg.index]
+            part["decoded"].append({name: per_utt[i] for name, per_utt in decoded.items()})
+            if self.times:
+                timed = self._times(decoded, i, {f"{h}_log_probs": padded[h] for h in HEADS}, seg.frames)
+                part["words"].append({name: shift_words(w, seg.start * FRAME_SECONDS) for name, (w, _) in timed.items()})
+                part["from"].append({name: source for name, (_, source) in timed.items()})
+            if seg.last:
+                self._finish(seg.index, self._partial.pop(seg.index))
+
+    def _finish(self, index: int, part: dict) -> None:
+        """One long file's result from its segments: texts joined, n-best combined, times concatenated."""
+        assert self.decoder is not None
+        window: Window = part["window"]
+        decoded, words = {}, {}
+        for name in self.decoder.output_names:
+            nbests = [d[name].nbest for d in part["decoded"]]
+            # nbest None: as many as the longest segment's list (the decoders keep every hypothesis)
+            hyps = combine(nbests, self.decoder.nbest or max(map(len, nbests), default=1))
+            decoded[name] = Decoded(hyps[0].text, hyps[0].score, hyps) if hyps else Decoded("", float("-inf"), [])
+            if self.times:
+                sources = sorted({f[name] for f in part["from"]})
+                words[name] = ([w for seg in part["words"] for w in seg[name]], "; ".join(sources))
+        self.results.utterances.append(UtteranceResult(
+            index=index, id=part["id"], path=self._sources[index].path if index in self._sources else "",
+            num_samples=window.total_samples, frames=window.total_frames, decoded=decoded, words=words,
+        ))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.decoder is not None:
@@ -491,7 +536,7 @@ def run_prediction(
     """Runs the predict loop over `sources` -> (every rank's results on rank 0 else None, wall
     seconds of the loop, world size). Files longer than `--chunk-seconds` go in windows
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
-    writer = DecodingWriter(make_decoder, times=times, progress=progress_bar)
+    writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args))
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
         sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers,
@@ -528,6 +573,12 @@ def chunk_config(args) -> ChunkConfig | None:
     return ChunkConfig.from_seconds(chunk, args.stride_seconds) if chunk > 0 else None
 
 
+def segment_config(args) -> SegmentConfig:
+    """The --pause-seconds / --max-segment-seconds cutting of long files' streams."""
+    return SegmentConfig.from_seconds(getattr(args, "pause_seconds", DEFAULT_PAUSE_SECONDS),
+                                      getattr(args, "max_segment_seconds", DEFAULT_MAX_SEGMENT_SECONDS))
+
+
 def add_batching_arguments(parser) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
                         help=f"files longer than this go through the model in windows of this length "
@@ -535,6 +586,12 @@ def add_batching_arguments(parser) -> None:
     parser.add_argument("--stride-seconds", type=float, default=DEFAULT_STRIDE_SECONDS,
                         help=f"context on each side of a window, dropped from its output "
                         f"(default {DEFAULT_STRIDE_SECONDS}; rounded to 20 ms frames)")
+    parser.add_argument("--pause-seconds", type=float, default=DEFAULT_PAUSE_SECONDS,
+                        help=f"a long file's output is cut and decoded where every head is blank this long, "
+                        f"with a word break there (default {DEFAULT_PAUSE_SECONDS}; 0: one stream per file)")
+    parser.add_argument("--max-segment-seconds", type=float, default=DEFAULT_MAX_SEGMENT_SECONDS,
+                        help=f"without such a pause, cut at the most certain blank after this long "
+                        f"(default {DEFAULT_MAX_SEGMENT_SECONDS})")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")

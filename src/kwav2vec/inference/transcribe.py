@@ -25,6 +25,7 @@ import soundfile as sf
 
 from kwav2vec.data.audio import PCM_DTYPE, PCM_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.decoding.beam import Hypothesis
+from kwav2vec.fileio import atomic_write_text
 from kwav2vec.inference.backend import add_backend_arguments, load_model, predict
 from kwav2vec.inference.decoders import MultiDecoder, check_heads, parse_decoders
 from kwav2vec.inference.predict import (
@@ -33,6 +34,7 @@ from kwav2vec.inference.predict import (
     chunk_config,
     command_parser,
     quiet_lightning,
+    segment_config,
     too_short_message,
 )
 from kwav2vec.inference.subtitles import FORMATS, render, segments
@@ -92,7 +94,7 @@ def main(argv: list[str]) -> int:
         if args.nbest < 1:
             raise ValueError(f"--nbest must be >= 1, got {args.nbest}")
         (name,) = parse_decoders([args.decoder], args.head, args.joint_mode)
-        chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
+        chunk_config(args), segment_config(args)  # bad --chunk/--stride/--pause... seconds: an option error
         model = load_model(args) if sources else None
         if model is not None:
             check_heads([name], model.heads_used)
@@ -144,8 +146,8 @@ def main(argv: list[str]) -> int:
         for path in args.audio:
             if path in results:
                 target = os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}.{args.format}")
-                with open(target, "w", encoding="utf-8") as f:
-                    f.write(render(args.format, segments(results[path].words.get(name, ([], ""))[0]), source=path))
+                atomic_write_text(target, render(args.format, segments(results[path].words.get(name, ([], ""))[0]),
+                                                 source=path))
     for path, message in errors:
         print(f"{PROG}: cannot read {path}: {message}", file=sys.stderr)
     for path in args.audio:
