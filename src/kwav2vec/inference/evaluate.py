@@ -45,7 +45,14 @@ from kwav2vec.inference.predict import (
     segment_config,
     too_short_message,
 )
-from kwav2vec.inference.report import char_errors, format_table, metrics_summary, scored_rows, write_json, write_tsv
+from kwav2vec.inference.report import (
+    char_errors,
+    format_table,
+    metrics_summary,
+    scored_rows,
+    write_json,
+    write_tsv,
+)
 from kwav2vec.inference.tune import GRID, joint_names, store_weights, syllable_weights, tune
 from kwav2vec.metrics import normalize_for_scoring
 

@@ -7,7 +7,8 @@ TSV columns (one file per decoder, utterances in manifest order, UTF-8, header l
 `ref`/`hyp` are in the form the metrics score them in (NFC, single spaces; a tab or newline
 inside a transcript would break the format and cannot occur after that normalisation), so
 `sum(char_errors) / sum(ref_chars)` over the file is exactly the summary's CER, and every metric
-of the summary can be recomputed from the file with `kwav2vec.metrics`.
+of the summary can be recomputed from the file with `kwav2vec.metrics`. Each row is scored once
+(`metrics.ErrorCounts.of`), and the summary adds the rows' counts up.
 """
 
 from __future__ import annotations
@@ -16,37 +17,55 @@ import json
 import math
 import os
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-
-from rapidfuzz.distance import Levenshtein
+from dataclasses import dataclass, field
 
 from kwav2vec.fileio import atomic_open, atomic_write_text
-from kwav2vec.metrics import cer, jamo_error_rate, normalize_for_scoring, oov_recovery_counts, swer, wer
+from kwav2vec.metrics import ErrorCounts, normalize_for_scoring
 
 TSV_COLUMNS = ("id", "ref", "hyp", "char_errors", "ref_chars")
 
 
 @dataclass(frozen=True)
 class Row:
+    """One scored utterance, `ref` and `hyp` in scoring form; `counts`: its error counts (computed
+    here when not given, without OOV counts)."""
+
     id: str
     ref: str
     hyp: str
+    counts: ErrorCounts = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.counts is None:
+            object.__setattr__(self, "counts", ErrorCounts.of(self.ref, self.hyp))
 
     @property
     def char_errors(self) -> int:
-        return Levenshtein.distance(self.ref, self.hyp)
+        return self.counts.char_errors
 
     @property
     def ref_chars(self) -> int:
-        return len(self.ref)
+        return self.counts.ref_chars
 
 
-def scored_rows(ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> list[Row]:
-    """Rows with both sides in scoring form (NFC, single spaces)."""
-    return [
-        Row(uid, normalize_for_scoring(ref), normalize_for_scoring(hyp))
-        for uid, ref, hyp in zip(ids, refs, hyps, strict=True)
-    ]
+def scored_rows(ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str],
+                known_syllables: Collection[str] | None = None, *, refs_normalized: bool = False) -> list[Row]:
+    """Rows with both sides in scoring form (NFC, single spaces), each scored once (with OOV
+    counts against `known_syllables` when given). `refs_normalized`: the references are already
+    in scoring form (not normalised again). References must not be empty in scoring form."""
+    known = set(known_syllables) if known_syllables is not None else None
+    rows = []
+    for uid, ref, hyp in zip(ids, refs, hyps, strict=True):
+        ref, hyp = (ref if refs_normalized else normalize_for_scoring(ref)), normalize_for_scoring(hyp)
+        rows.append(Row(uid, ref, hyp, ErrorCounts.of(ref, hyp, known)))
+    return rows
+
+
+def char_errors(refs: Sequence[str], hyps: Sequence[str]) -> int:
+    """Summed CER edit distance of references already in scoring form and raw hypotheses (all
+    that weight tuning compares: the other counts are not computed)."""
+    return sum(ErrorCounts.chars(ref, normalize_for_scoring(hyp)).char_errors
+               for ref, hyp in zip(refs, hyps, strict=True))
 
 
 def write_tsv(path: str | os.PathLike, rows: Sequence[Row]) -> None:
@@ -77,23 +96,26 @@ def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
     return rows
 
 
-def metrics_summary(rows: Sequence[Row], known_syllables: Collection[str]) -> dict[str, float | int | None]:
-    """All metrics of `kwav2vec.metrics` over the rows (empty references are not allowed there:
-    the caller keeps them out and counts them)."""
-    refs, hyps = [r.ref for r in rows], [r.hyp for r in rows]
-    recovered, oov_total = oov_recovery_counts(refs, hyps, known_syllables)
+def metrics_summary(rows: Sequence[Row]) -> dict[str, float | int | None]:
+    """All metrics of `kwav2vec.metrics` over the rows, from their summed counts (OOV recovery
+    against the known syllables the rows were scored with). Empty references are not allowed
+    there: the caller keeps them out and counts them."""
+    if not rows:
+        raise ValueError("no rows to summarise")
+    total = sum((r.counts for r in rows), ErrorCounts())
+    rates = total.rates()
     return {
         "utterances": len(rows),
-        "cer": cer(refs, hyps),
-        "wer": wer(refs, hyps),
-        "swer": swer(refs, hyps),
-        "jamo_error_rate": jamo_error_rate(refs, hyps),
+        "cer": rates["cer"],
+        "wer": rates["wer"],
+        "swer": rates["swer"],
+        "jamo_error_rate": rates["jer"],
         # None (JSON null) when the references hold no syllable outside the vocabulary
-        "oov_recovery": recovered / oov_total if oov_total else None,
-        "oov_syllables": oov_total,
-        "oov_recovered": recovered,
-        "char_errors": sum(r.char_errors for r in rows),
-        "ref_chars": sum(r.ref_chars for r in rows),
+        "oov_recovery": total.oov_recovered / total.oov_total if total.oov_total else None,
+        "oov_syllables": total.oov_total,
+        "oov_recovered": total.oov_recovered,
+        "char_errors": total.char_errors,
+        "ref_chars": total.ref_chars,
     }
 
 
