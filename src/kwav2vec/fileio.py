@@ -1,5 +1,5 @@
 """The one way kwav2vec writes a file it must not leave half-written: checkpoints, converted
-checkpoints, manifests, rejects, reports, vocabularies.
+checkpoints, exported models, manifests, rejects, reports, vocabularies, subtitles.
 
 The data goes to a temporary file in the destination's folder, is flushed and fsynced, then moved
 over the destination with `os.replace` (atomic on POSIX file systems), and the folder is fsynced so
@@ -117,6 +117,21 @@ def _unlink(name: str) -> None:
         os.unlink(name)
     except FileNotFoundError:
         pass
+
+
+def atomic_move(src: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Puts a file that another library wrote complete under `src` (an exporter, a quantizer that
+    only take a file name) in place at `path` the way `atomic_open` does: `src` is fsynced, moved
+    over `path` with `os.replace`, and the folder fsynced. `src` must be on `path`'s file system
+    (write it into a temporary folder beside `path`)."""
+    path = Path(path)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, path)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

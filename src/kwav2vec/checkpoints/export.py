@@ -36,6 +36,7 @@ import torch
 from kwav2vec.checkpoints.format import ConvertedCheckpoint, backbone_shapes
 from kwav2vec.checkpoints.renames import hf_key
 from kwav2vec.checkpoints.statedict import G_NEW, G_OLD, V_NEW, V_OLD
+from kwav2vec.fileio import atomic_write_bytes, atomic_write_text
 from kwav2vec.models.config import SAMPLE_RATE
 from kwav2vec.text.vocab import BLANK, UNK, WORD_BOUNDARY
 
@@ -143,7 +144,7 @@ def hf_state_dict(ckpt: ConvertedCheckpoint, arch: str, with_mask_emb: bool) -> 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def export_huggingface(ckpt: ConvertedCheckpoint, directory: str | os.PathLike, *, arch: str = "auto") -> list[str]:
@@ -156,9 +157,13 @@ def export_huggingface(ckpt: ConvertedCheckpoint, directory: str | os.PathLike, 
             else Model), "ctc", "pretraining" or "model".
     """
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError as e:
         raise ImportError("writing model.safetensors needs the safetensors package: pip install safetensors") from e
+
+    def save_file(state: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+        atomic_write_bytes(path, save(state, metadata=metadata))  # safetensors' own save_file is not atomic
+
     arch = _choose(ckpt, arch)
     shapes = backbone_shapes(ckpt.config)
     unexpected = sorted(set(ckpt.state_dict) - set(shapes))

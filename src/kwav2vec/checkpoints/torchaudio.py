@@ -31,6 +31,7 @@ from kwav2vec.checkpoints.pickles import load_foreign
 from kwav2vec.checkpoints.renames import TORCHAUDIO_RULES, rename
 from kwav2vec.checkpoints.statedict import SourceState, gather
 from kwav2vec.checkpoints.vocab_map import SourceVocab, default_target, load_target_vocab, permute_rows
+from kwav2vec.fileio import atomic_torch_save
 from kwav2vec.models.config import BASE_CONV_LAYERS, Wav2Vec2Config
 from kwav2vec.text.vocab import BLANK, UNK, WORD_BOUNDARY
 
@@ -169,4 +170,4 @@ def import_torchaudio(
 
 def save_for_import(model: torch.nn.Module, factory_args: dict[str, Any], path: str | os.PathLike, **extra: Any) -> None:
     """Writes a torchaudio model in the self-describing form `import_torchaudio` reads."""
-    torch.save({"state_dict": model.state_dict(), "factory_args": dict(factory_args), **extra}, path)
+    atomic_torch_save({"state_dict": model.state_dict(), "factory_args": dict(factory_args), **extra}, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kwav2vec.data.audio import SAMPLE_RATE
 from kwav2vec.data.manifest import ManifestEntry, ManifestError, manifest_audio_path, resolve_audio_path
+from kwav2vec.fileio import atomic_write_text
 from kwav2vec.text.hangul import WORD_BOUNDARY, compose, decompose
 
 
@@ -91,14 +92,12 @@ def write_fairseq_manifest(
     out_dir, root = Path(out_dir), Path(os.path.abspath(root))
     out_dir.mkdir(parents=True, exist_ok=True)
     tsv = out_dir / f"{split}.tsv"
-    with open(tsv, "w", encoding="utf-8") as f:
-        f.write(f"{root}\n")
-        for e in entries:
-            f.write(f"{manifest_audio_path(e.path or e.audio, root)}\t{e.num_samples}\n")
+    lines = [f"{manifest_audio_path(e.path or e.audio, root)}\t{e.num_samples}\n" for e in entries]
+    atomic_write_text(tsv, f"{root}\n" + "".join(lines))
     written = [tsv]
     if entries and all(e.norm is not None for e in entries):
         for suffix, fn in ((".ltr", letters), (".wrd", lambda t: t)):
             out = out_dir / f"{split}{suffix}"
-            out.write_text("".join(fn(e.norm) + "\n" for e in entries), encoding="utf-8")
+            atomic_write_text(out, "".join(fn(e.norm) + "\n" for e in entries))
             written.append(out)
     return written

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kwav2vec.fileio import atomic_move, atomic_write_text
 from kwav2vec.models.config import SAMPLE_RATE
 from kwav2vec.models.ctc_loss import ctc_log_probs
 from kwav2vec.models.cpu import plain_pytorch
@@ -190,8 +191,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def write_tokens(vocab: Vocabulary, path: Path) -> None:
     """sherpa-onnx's tokens.txt: `token id` per line, id order (blank first)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{token} {i}\n" for i, token in enumerate(vocab.tokens))
+    atomic_write_text(path, "".join(f"{token} {i}\n" for i, token in enumerate(vocab.tokens)))
 
 
 def decoder_config(finetuner: nn.Module, heads: tuple[str, ...], outputs: list[str], opset: int,
@@ -240,7 +240,7 @@ def export_onnx(finetuner: nn.Module, out_dir: str | os.PathLike, quantize: str 
         if quantize == "int8":
             final = Path(tmp) / "model.int8.onnx"
             quantize_int8(fp32, final)
-        os.replace(final, out / MODEL_FILE)
+        atomic_move(final, out / MODEL_FILE)
     for h in HEADS:
         vocab = getattr(finetuner, f"{h}_vocab")
         if vocab is not None:
@@ -249,9 +249,7 @@ def export_onnx(finetuner: nn.Module, out_dir: str | os.PathLike, quantize: str 
     tuned = getattr(finetuner, "tuned_weights", None)
     if tuned:  # the checkpoint's tuned joint weights travel with the export
         config["decoding"] = {"syllable_weight": dict(tuned)}
-    with open(out / CONFIG_FILE, "w", encoding="utf-8") as f:
-        json.dump(config, f, ensure_ascii=False, indent=2)
-        f.write("\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, ensure_ascii=False, indent=2) + "\n")
     return config
 
 
