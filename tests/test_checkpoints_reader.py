@@ -103,3 +103,37 @@ def test_load_finetuner_reads_once_and_equals_lightnings_loader(model_files, tor
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for key, value in theirs.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_the_old_layout_still_loads_resumes_and_initialises(model_files, tmp_path):
+    """Fine-tuner checkpoints written before the fine-tuner held a HierarchicalCTC keep the backbone
+    and heads at the top level (`backbone.`, `grapheme_head.`, `syllable_head.`)."""
+    blob = torch.load(model_files["finetuner"], map_location="cpu", weights_only=True)
+    renames = {"model.backbone.": "backbone.", "model.heads.grapheme.": "grapheme_head.",
+               "model.heads.syllable.": "syllable_head."}
+
+    def old_name(key: str) -> str:
+        new = next(p for p in renames if key.startswith(p))
+        return renames[new] + key[len(new):]
+
+    blob["state_dict"] = {old_name(k): v for k, v in blob["state_dict"].items()}
+    old = tmp_path / "old.ckpt"
+    torch.save(blob, old)
+
+    current = load_finetuner(str(model_files["finetuner"]))
+    for loaded in (load_finetuner(str(old)),
+                   quiet(HierarchicalFineTuner.load_from_checkpoint, old, map_location="cpu")):
+        assert loaded.state_dict().keys() == current.state_dict().keys()
+        for key, value in current.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    a, b = read_model_checkpoint(old), read_model_checkpoint(model_files["finetuner"])
+    assert a.kind == b.kind == "finetuner" and a.config == b.config and a.state_dict.keys() == b.state_dict.keys()
+    assert {h: x.state_dict.keys() for h, x in a.heads.items()} == {h: x.state_dict.keys() for h, x in b.heads.items()}
+    again = make_model(1.0, model="base", init_from=str(old))  # init_from: the backbone
+    torch.testing.assert_close(again.backbone.state_dict()["encoder.layers.0.fc1.weight"],
+                               current.backbone.state_dict()["encoder.layers.0.fc1.weight"], rtol=0, atol=0)
+    # a resume (--ckpt_path) restores the weights and the optimizer state, then trains on
+    resumed = make_model(0.5)
+    fit = trainer(2)
+    quiet(fit.fit, resumed, loader([make_batch()]), ckpt_path=str(old))
+    assert fit.global_step == 2

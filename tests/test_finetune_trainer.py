@@ -77,20 +77,20 @@ def test_frozen_parts_get_no_updates_while_frozen_and_do_after():
     s0, s1, s2, s3 = snaps.states
 
     def changed(a, b, prefix):
-        keys = [k for k in a if k.startswith(prefix) and k != "backbone.mask_emb"]  # no masking: no gradient
+        keys = [k for k in a if k.startswith(prefix) and k != "model.backbone.mask_emb"]  # no masking: no gradient
         assert keys, prefix
         return [k for k in keys if not torch.equal(a[k], b[k])], keys
 
     for before, after in ((s0, s1), (s1, s2)):  # updates 1 and 2: heads only
-        assert changed(before, after, "backbone.")[0] == []
-        for head in ("grapheme_head.", "syllable_head."):
+        assert changed(before, after, "model.backbone.")[0] == []
+        for head in ("model.heads.grapheme.", "model.heads.syllable."):
             moved, keys = changed(before, after, head)
             assert moved == keys
-    moved, keys = changed(s2, s3, "backbone.")  # update 3: the backbone too, except the conv front end
-    conv = [k for k in keys if k.startswith("backbone.feature_extractor.")]
+    moved, keys = changed(s2, s3, "model.backbone.")  # update 3: the backbone too, except the conv front end
+    conv = [k for k in keys if k.startswith("model.backbone.feature_extractor.")]
     assert conv and not set(conv) & set(moved)
     assert set(moved) == set(keys) - set(conv)
-    assert changed(s0, s3, "backbone.feature_extractor.")[0] == []
+    assert changed(s0, s3, "model.backbone.feature_extractor.")[0] == []
 
 
 # ---------------------------------------------------------------- infeasible targets

@@ -9,8 +9,11 @@ backbone state, heads with their vocabularies and constructor options) in a sing
 Every consumer goes through it: `init_from` of both trainers (`load_backbone_weights` puts the
 bundle's backbone into a built model), `convert --to hf`, and `load_converted`.
 
-Lightning checkpoints are recognised by their state-dict prefixes: `backbone.` (+ `grapheme_head.`,
-`syllable_head.`) for the fine-tuner, `model.` for the Pretrainer. The fine-tuner stores its resolved
+Lightning checkpoints are recognised by their state-dict prefixes: `model.backbone.` (+
+`model.heads.grapheme.`, `model.heads.syllable.`: its `HierarchicalCTC`) for the fine-tuner, `model.`
+alone for the Pretrainer; fine-tuner checkpoints written before the fine-tuner held a
+`HierarchicalCTC` (`backbone.`, `grapheme_head.`, `syllable_head.`) are read through
+`upgrade_finetuner_state`, which the fine-tuner's `on_load_checkpoint` applies too. The fine-tuner stores its resolved
 backbone config and both vocabularies in its hyper-parameters (`HierarchicalFineTuner.on_save_checkpoint`),
 so its file needs no other; a Pretrainer's config is rebuilt from its preset and overrides, or from
 the `init_from` file it took its architecture from (that file is then read too: one load per file).
@@ -34,8 +37,12 @@ from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 from kwav2vec.text.vocab import Vocabulary
 
-# Lightning state-dict prefixes of the fine-tuner's heads -> our head names
-HEAD_PREFIXES = {"grapheme": "grapheme_head.", "syllable": "syllable_head."}
+# Lightning state-dict prefixes of the fine-tuner's backbone and heads (its `HierarchicalCTC` is `model`)
+FINETUNER_BACKBONE = "model.backbone."
+HEAD_PREFIXES = {"grapheme": "model.heads.grapheme.", "syllable": "model.heads.syllable."}
+# the layout of fine-tuner checkpoints written before: old prefix -> current one
+LEGACY_FINETUNER_PREFIXES = {"backbone.": FINETUNER_BACKBONE, "grapheme_head.": HEAD_PREFIXES["grapheme"],
+                             "syllable_head.": HEAD_PREFIXES["syllable"]}
 # Config fields that fix the shapes or the computation of the weights; a checkpoint whose config
 # differs in one of them cannot be loaded into a model built with another.
 ARCHITECTURE_FIELDS = (
@@ -72,7 +79,7 @@ def bundle_from_blob(blob: Any, path: str) -> ConvertedCheckpoint:
         return ConvertedCheckpoint.from_dict(blob, origin=path)
     if is_lightning_checkpoint(blob):
         cfg, state = lightning_backbone(blob, path)
-        finetuner = any(k.startswith("backbone.") for k in blob["state_dict"])
+        finetuner = is_finetuner_state(blob["state_dict"])
         heads = _finetuner_heads(blob, cfg, path) if finetuner else {}
         kind = "HierarchicalFineTuner" if finetuner else "Pretrainer"
         step = blob.get("global_step")
@@ -127,13 +134,31 @@ def is_lightning_checkpoint(blob: Any) -> bool:
     return isinstance(blob, dict) and "state_dict" in blob and "hyper_parameters" in blob
 
 
+def is_finetuner_state(state: dict[str, Any]) -> bool:
+    """A HierarchicalFineTuner's state dict, current or legacy layout (not a Pretrainer's)."""
+    return any(k.startswith((FINETUNER_BACKBONE, *LEGACY_FINETUNER_PREFIXES)) for k in state)
+
+
+def upgrade_finetuner_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuner state dict in the current layout: legacy top-level `backbone.` / `grapheme_head.` /
+    `syllable_head.` keys renamed under `model.` (values and order kept; a new dict)."""
+    def upgraded(key: str) -> str:
+        for old, new in LEGACY_FINETUNER_PREFIXES.items():
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
+
+    return {upgraded(k): v for k, v in state.items()}
+
+
 def lightning_backbone(blob: dict, path: str) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
     """(config, backbone state dict) of a Lightning checkpoint of our Pretrainer or fine-tuner."""
     hp, state = blob["hyper_parameters"], blob["state_dict"]
-    if any(k.startswith("backbone.") for k in state):  # a HierarchicalFineTuner
+    if is_finetuner_state(state):  # a HierarchicalFineTuner
         if not isinstance(hp.get("backbone_config"), dict):
             raise ValueError(f"{path}: fine-tuner checkpoint without 'backbone_config' in its hyper-parameters")
-        cfg, prefix = Wav2Vec2Config.from_dict(dict(hp["backbone_config"])), "backbone."
+        cfg, prefix = Wav2Vec2Config.from_dict(dict(hp["backbone_config"])), FINETUNER_BACKBONE
+        state = upgrade_finetuner_state(state)
     elif any(k.startswith("model.") for k in state):  # a Pretrainer: rebuild its config as it did
         overrides = dict(hp.get("model_overrides") or {})
         if hp.get("init_from"):
@@ -158,7 +183,7 @@ def lightning_backbone(blob: dict, path: str) -> tuple[Wav2Vec2Config, dict[str,
 def _finetuner_heads(blob: dict, cfg: Wav2Vec2Config, path: str) -> dict[str, HeadCheckpoint]:
     """The built heads of a fine-tuner checkpoint with their vocabularies and constructor options
     (the same arguments `HierarchicalFineTuner._build_heads` passes)."""
-    hp, state = blob["hyper_parameters"], blob["state_dict"]
+    hp, state = blob["hyper_parameters"], upgrade_finetuner_state(blob["state_dict"])
     heads: dict[str, HeadCheckpoint] = {}
     for name, prefix in HEAD_PREFIXES.items():
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights
-from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint
+from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint, upgrade_finetuner_state
 from kwav2vec.decoding.greedy import greedy_decode
 from kwav2vec.lit.base import TrainingModule
 from kwav2vec.lit.evaluation import EpochCounts
 from kwav2vec.lit.schedules import tri_stage_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
-from kwav2vec.models.ctc_loss import CTCTerms, ctc_log_probs, ctc_terms, multitask_ctc_loss
+from kwav2vec.models.ctc_loss import CTCTerms, ctc_terms, multitask_ctc_loss
 from kwav2vec.models.heads import GraphemeHead, SyllableHead
+from kwav2vec.models.hierarchical import HierarchicalCTC
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 from kwav2vec.text.vocab import Vocabulary
 
@@ -187,9 +187,8 @@ class HierarchicalFineTuner(TrainingModule):
             dropout_input=dropout_input, encoder_layerdrop=layerdrop,
             **({"feature_grad_mult": 0.0} if freeze_feature_encoder else {}),
         )
-        self.config = cfg
-        self.backbone = Wav2Vec2Model(cfg)
-        if init_from is not None:  # with backbone_config too: the loader checks the architectures agree
+        self.model = HierarchicalCTC(cfg)  # backbone + heads; the heads are added in _build_heads
+        if init is not None:  # with backbone_config too: the loader checks the architectures agree
             load_backbone_weights(self.backbone, init, origin=init_from)
         self.backbone.remove_pretraining_modules()  # quantizer and projections: pretraining only
         if freeze_feature_encoder:
@@ -203,11 +202,26 @@ class HierarchicalFineTuner(TrainingModule):
         if init is not None and init_heads and init.kind != "finetuner":  # a fine-tuner's heads: not reused
             self._stored_heads = {h: s for h, s in init.heads.items() if h in self.heads_used}
         self._adopt_stored_heads()
-        self.grapheme_head: GraphemeHead | None = None
-        self.syllable_head: SyllableHead | None = None
         if self._vocabularies_complete():
             self._build_heads()
         self._counts = EpochCounts(self.heads_used)
+
+    # ------------------------------------------------------------------ the model's parts
+    @property
+    def config(self) -> Wav2Vec2Config:
+        return self.model.config
+
+    @property
+    def backbone(self) -> Wav2Vec2Model:
+        return self.model.backbone
+
+    @property
+    def grapheme_head(self) -> GraphemeHead | None:
+        return self.model.heads["grapheme"] if "grapheme" in self.model.heads else None
+
+    @property
+    def syllable_head(self) -> SyllableHead | None:
+        return self.model.heads["syllable"] if "syllable" in self.model.heads else None
 
     # ------------------------------------------------------------------ construction
     def _adopt_stored_heads(self) -> None:
@@ -230,16 +244,13 @@ class HierarchicalFineTuner(TrainingModule):
         return all(getattr(self, f"{h}_vocab") is not None for h in self.heads_used)
 
     def _build_heads(self) -> None:
-        cfg, hp = self.config, self.hparams
-        D = cfg.encoder_embed_dim
+        hp = self.hparams
+        # grapheme first: the heads' parameter order (optimizer state of older checkpoints) is theirs
         if "grapheme" in self.heads_used and self.grapheme_head is None:
-            self.grapheme_head = GraphemeHead(D, len(self.grapheme_vocab), hp.final_dropout)
+            self.model.add_grapheme_head(len(self.grapheme_vocab), hp.final_dropout)
         if "syllable" in self.heads_used and self.syllable_head is None:
-            self.syllable_head = SyllableHead(
-                D, len(self.syllable_vocab), hp.syllable_layers, cfg.encoder_ffn_embed_dim,
-                cfg.encoder_attention_heads, hp.dropout, hp.attention_dropout, hp.activation_dropout,
-                cfg.layer_norm_first, hp.final_dropout,
-            )
+            self.model.add_syllable_head(len(self.syllable_vocab), hp.syllable_layers, hp.dropout,
+                                         hp.attention_dropout, hp.activation_dropout, hp.final_dropout)
         for h, stored in self._stored_heads.items():
             try:
                 load_head_weights(getattr(self, f"{h}_head"), h, stored, getattr(self, f"{h}_vocab"), hp.init_from)
@@ -289,15 +300,11 @@ class HierarchicalFineTuner(TrainingModule):
         Time/channel masking is applied in training mode only. `freeze_backbone` runs the backbone
         without autograd (the heads still learn)."""
         hp = self.hparams
-        heads = self._heads()
-        with torch.no_grad() if freeze_backbone else nullcontext():
-            x, frames = self.backbone.encode(
-                audio, audio_lengths,
-                mask_time_prob=hp.mask_prob, mask_time_length=hp.mask_length,
-                mask_channel_prob=hp.mask_channel_prob, mask_channel_length=hp.mask_channel_length,
-            )  # (B, T, D), (B,)
-        padding_mask = torch.arange(x.shape[1], device=x.device) >= frames[:, None]  # (B, T) True = pad
-        return {h: ctc_log_probs(head(x, padding_mask)) for h, head in heads.items()}, frames
+        return self.model(
+            audio, audio_lengths, heads=tuple(self._heads()), freeze_backbone=freeze_backbone,
+            mask_time_prob=hp.mask_prob, mask_time_length=hp.mask_length,
+            mask_channel_prob=hp.mask_channel_prob, mask_channel_length=hp.mask_channel_length,
+        )
 
     @torch.no_grad()
     def transcribe(self, audio: torch.Tensor, audio_lengths: torch.Tensor | None = None) -> dict[str, list[str]]:
@@ -437,7 +444,7 @@ class HierarchicalFineTuner(TrainingModule):
         hp = self.hparams
         self._heads()  # the heads must exist before their parameters are handed to the optimizer
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        heads = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        heads = [p for p in self.model.heads.parameters() if p.requires_grad]
         groups = [{"params": backbone, "lr": hp.lr, "name": "backbone"},
                   {"params": heads, "lr": hp.head_lr if hp.head_lr is not None else hp.lr, "name": "heads"}]
         optimizer = self._adamw([g for g in groups if g["params"]])
@@ -449,9 +456,14 @@ class HierarchicalFineTuner(TrainingModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keeps the joint weights `evaluate --tune-weight` stored (kwav2vec.inference.tune); they are
-        not saved again: after more training they belong to other weights."""
+        """Renames the state dict of a checkpoint written before the fine-tuner held a
+        `HierarchicalCTC` (top-level `backbone.` / `grapheme_head.` / `syllable_head.` keys) for
+        `load_from_checkpoint` and `--ckpt_path` resumes alike. Keeps the joint weights `evaluate
+        --tune-weight` stored (kwav2vec.inference.tune); they are not saved again: after more
+        training they belong to other weights."""
         from kwav2vec.inference.tune import stored_entry
+
+        checkpoint["state_dict"] = upgrade_finetuner_state(checkpoint["state_dict"])
 
         self.tuned_weights = stored_entry(checkpoint)
 
