@@ -4,7 +4,7 @@
     manifest.py          JSONL manifests: read_manifest / write_manifest, ManifestError
     fairseq_manifest.py  fairseq .tsv/.ltr/.wrd import and export
     dataset.py           AudioDataset (pretraining), LabeledAudioDataset (fine-tuning)
-    collate.py           padded batches (layout in CONTRACTS.md)
+    collate.py           padded batches: the batch contract (keys, shapes, dtypes, padding ids)
     sampler.py           BucketBatchSampler: samples-per-batch budget, bucketing, ranks, resume
     loader.py            ResumableDataLoader: mid-epoch resume under Lightning, skip accounting
     datamodule.py        PretrainDataModule, FinetuneDataModule

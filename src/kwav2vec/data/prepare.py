@@ -6,7 +6,7 @@ module reads every audio file once (that is how corrupt, truncated, silent or to
 found, and how `num_samples` at 16 kHz is known exactly), normalizes every transcript and checks
 that CTC can align it with the audio. Each utterance ends up in exactly one of two files:
 
-    {split}.jsonl          accepted utterances (the manifest, CONTRACTS.md format)
+    {split}.jsonl          accepted utterances (the manifest, format in data/manifest.py)
     {split}.rejects.jsonl  {"id", "audio", "reason", "detail"} per excluded utterance
     {split}.report.json    counts per reject reason, resampled/downmixed counts, hours, options
 
