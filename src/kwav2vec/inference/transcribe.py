@@ -34,6 +34,7 @@ from kwav2vec.inference.predict import (
     chunk_config,
     command_parser,
     quiet_lightning,
+    segment_config,
     too_short_message,
 )
 from kwav2vec.inference.subtitles import FORMATS, render, segments
@@ -93,7 +94,7 @@ def main(argv: list[str]) -> int:
         if args.nbest < 1:
             raise ValueError(f"--nbest must be >= 1, got {args.nbest}")
         (name,) = parse_decoders([args.decoder], args.head, args.joint_mode)
-        chunk_config(args)  # a bad --chunk-seconds / --stride-seconds is an option error
+        chunk_config(args), segment_config(args)  # bad --chunk/--stride/--pause... seconds: an option error
         model = load_model(args) if sources else None
         if model is not None:
             check_heads([name], model.heads_used)
