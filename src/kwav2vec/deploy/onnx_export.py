@@ -48,8 +48,8 @@ from torch import nn
 
 from kwav2vec.fileio import atomic_move, atomic_write_text
 from kwav2vec.models.config import SAMPLE_RATE
-from kwav2vec.models.ctc_loss import ctc_log_probs
 from kwav2vec.models.cpu import plain_pytorch
+from kwav2vec.models.ctc_loss import ctc_log_probs
 from kwav2vec.text.vocab import Vocabulary
 
 OPSET = 18
