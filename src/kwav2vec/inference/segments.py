@@ -120,6 +120,8 @@ class StreamSegmenter:
         return sorted(self._files)
 
     def _cut(self, index: int, state: _Open, final: bool) -> list[Segment]:
+        if not self.config.min_pause and not final:
+            return []  # no cutting: join the windows once, at the end (not once per window)
         heads = [h for h in state.parts[0] if state.parts[0][h] is not None]
         open_lp = {h: torch.cat([p[h] for p in state.parts]) if h in heads else None for h in state.parts[0]}
         state.parts = [open_lp]
