@@ -134,10 +134,9 @@ def part_accuracy(ckpt: str, test: Path, tmp: Path, pauses: list[float]) -> None
 
 def random_checkpoint(preset: str, tmp: Path) -> str:
     """A random fine-tuner of `preset` with the demo vocabularies, saved as training would."""
-    import lightning
     import torch
 
-    from kwav2vec.checkpoints.integrity import seal
+    from kwav2vec.lit.checkpoint_io import save_module_checkpoint
     from kwav2vec.lit.finetune import HierarchicalFineTuner
 
     torch.manual_seed(0)
@@ -147,12 +146,7 @@ def random_checkpoint(preset: str, tmp: Path) -> str:
     with torch.no_grad():  # a model on the blank plateau: short hypotheses, as a weak model gives
         model.grapheme_head.proj.bias[0] = 4.0
         model.syllable_head.proj.bias[0] = 4.0
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    model.on_save_checkpoint(ckpt)
-    path = tmp / f"{preset}.ckpt"
-    torch.save(seal(ckpt), path)
-    return str(path)
+    return save_module_checkpoint(model, tmp / f"{preset}.ckpt")
 
 
 def long_recording(minutes: float, tmp: Path) -> Path:

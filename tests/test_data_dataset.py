@@ -1,26 +1,30 @@
-"""Datasets, collate and DataModules: crops, normalization, targets, filters, batch layout, and files
+"""Datasets, collate and DataModules: crops, targets, filters, batch layout, and files
 that fail to load during training (logged with their path, skipped, counted, never fatal)."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from test_data_utils import audio_manifest, write_jsonl, write_pcm, write_wav
 
+from kwav2vec.data.audio import load_audio
 from kwav2vec.data.collate import collate_labeled
 from kwav2vec.data.datamodule import FinetuneDataModule, PretrainDataModule
-from kwav2vec.data.dataset import AudioDataset, LabeledAudioDataset, SkippedItem, ctc_min_frames, num_frames
+from kwav2vec.data.dataset import AudioDataset, LabeledAudioDataset, SkippedItem, ctc_min_frames
 from kwav2vec.data.manifest import read_manifest
 from kwav2vec.data.prepare import build_vocabularies
+from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry, Wav2Vec2Config
 
 TEXTS = ["안녕 하세요", "반갑 습니다", "좋은 아침 입니다", "감사 합니다", "네", "안녕"]
 
 
 def test_num_frames_and_ctc_minimum():
-    assert num_frames(399) == 0 and num_frames(400) == 1 and num_frames(720) == 2 and num_frames(16000) == 49
+    g = STANDARD_GEOMETRY
+    assert g.num_frames(399) == 0 and g.num_frames(400) == 1 and g.num_frames(720) == 2 and g.num_frames(16000) == 49
     assert ctc_min_frames([5, 6, 7]) == 3 and ctc_min_frames([5, 5, 6, 6, 6]) == 8 and ctc_min_frames([]) == 0
 
 
@@ -32,14 +36,15 @@ def test_pretraining_crop_is_deterministic_per_seed_epoch_index(tmp_path):
     a, b, c = ds[(0, 0)]["audio"], ds[(0, 0)]["audio"], ds[(0, 1)]["audio"]
     assert a.shape == (4000,) and torch.equal(a, b) and not torch.equal(a, c)
     assert ds[1]["audio"].shape == (3000,)  # not cropped
-    normed = AudioDataset(entries, max_sample_size=4000, normalize=True, seed=1)[(0, 0)]["audio"]
-    torch.testing.assert_close(normed, (a - a.mean()) / torch.sqrt(a.var(unbiased=False) + 1e-5))
+    # the audio as read: normalisation is the model's (its config's `normalize`), not the data's
+    full = load_audio(entries[0].path)
+    assert any(torch.equal(a, full[s : s + 4000]) for s in range(len(full) - 4000 + 1))
 
 
 def test_receptive_field_is_the_floor_of_min_sample_size(tmp_path):
     entries = read_manifest(audio_manifest(tmp_path, [399, 400]))
     assert [e.id for e in AudioDataset(entries, min_sample_size=0).entries] == ["u001"]
-    assert len(AudioDataset(entries, min_sample_size=0, receptive_field=100)) == 2
+    assert len(AudioDataset(entries, min_sample_size=0, geometry=FrameGeometry(100, 50))) == 2
 
 
 def test_labeled_dataset_targets_and_ctc_feasibility(tmp_path):
@@ -93,7 +98,7 @@ def _bad_files(root):
 def test_files_that_fail_to_load_are_logged_skipped_and_counted(tmp_path, caplog):
     manifest = _bad_files(tmp_path)
     dm = PretrainDataModule(str(manifest), max_samples_per_batch=8000 * 4, min_sample_size=400,
-                            max_sample_size=8000, normalize=True)
+                            max_sample_size=8000)
     dm.setup("fit")
     with caplog.at_level(logging.WARNING, logger="kwav2vec.data.loader"):
         batches = list(dm.train_dataloader())
@@ -105,7 +110,7 @@ def test_files_that_fail_to_load_are_logged_skipped_and_counted(tmp_path, caplog
         assert any(str(tmp_path / name) in r.getMessage() for r in caplog.records), name
     for b in batches:
         assert b["audio"].shape[0] == len(b["ids"]) == len(b["audio_lengths"]) > 0
-        assert torch.isfinite(b["audio"]).all()  # silence normalized without NaN
+        assert torch.isfinite(b["audio"]).all()
     lengths = {i: int(n) for b in batches for i, n in zip(b["ids"], b["audio_lengths"], strict=True)}
     assert lengths["r8k"] == 8000 and lengths["r44k"] == 8000 and lengths["stereo"] == 8000
 
@@ -161,6 +166,32 @@ def test_finetune_datamodule_batches(tmp_path):
     val = list(dm.val_dataloader())
     assert sorted(i for b in val for i in b["ids"]) == ["u000", "u001", "u002"]
     assert dm.filtered == {"train": {}, "val": {}}
+
+
+def test_datamodule_filters_with_the_attached_models_frame_geometry(tmp_path):
+    """The frame geometry is the model's: a model whose conv stack makes fewer frames makes the
+    datamodule leave out transcripts that no longer fit; without a model the standard one applies."""
+    graphemes, syllables = build_vocabularies(TEXTS)
+    graphemes.save(tmp_path / "vocab_grapheme.json")
+    syllables.save(tmp_path / "vocab_syllable.json")
+    audio_manifest(tmp_path, [8000] * 3, TEXTS[:3])  # 24 standard frames: enough for each
+    coarse = Wav2Vec2Config(conv_feature_layers="[(8, 400, 320)] + [(8, 2, 2)] * 3")  # 2560 samples a frame
+    assert coarse.frame_geometry.samples_per_frame == 2560
+    plain = FinetuneDataModule(str(tmp_path / "train.jsonl"))
+    plain.setup("fit")
+    assert plain.geometry == STANDARD_GEOMETRY and len(plain.datasets["train"]) == 3
+    attached = FinetuneDataModule(str(tmp_path / "train.jsonl"))
+    attached.trainer = SimpleNamespace(lightning_module=SimpleNamespace(config=coarse))
+    attached.setup("fit")
+    assert attached.geometry == coarse.frame_geometry
+    assert len(attached.datasets["train"]) == 0 and attached.filtered["train"] == {"ctc-infeasible": 3}
+
+
+def test_audio_normalisation_is_not_a_data_option(tmp_path):
+    """One owner: the model config's `normalize`; the data layer has no knob to disagree with it."""
+    audio_manifest(tmp_path, [8000], TEXTS[:1])
+    with pytest.raises(TypeError, match="normalize"):
+        PretrainDataModule(str(tmp_path / "train.jsonl"), normalize=True)
 
 
 def test_finetune_datamodule_needs_vocabularies(tmp_path):

@@ -14,7 +14,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import soundfile as sf
@@ -24,6 +23,7 @@ from kwav2vec import cli
 from kwav2vec.deploy.onnx_export import CONFIG_FILE, MODEL_FILE, export_onnx, quantize_int8, tokens_file
 from kwav2vec.deploy.onnx_runtime import OnnxModel, read_tokens
 from kwav2vec.inference.predict import load_finetuner
+from kwav2vec.lit.checkpoint_io import save_module_checkpoint
 from kwav2vec.lit.finetune import HierarchicalFineTuner
 from kwav2vec.models.cpu import plain_pytorch
 from kwav2vec.text.vocab import Vocabulary
@@ -60,12 +60,7 @@ def make_checkpoint(folder: Path, preset: str, blank_bias: tuple[float, float] =
         # left; (10, 10): every other token below pyctcdecode's -5 cut-off, beams of one hypothesis.
         model.grapheme_head.proj.bias[0] = blank_bias[0]
         model.syllable_head.proj.bias[0] = blank_bias[1]
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    model.on_save_checkpoint(ckpt)
-    path = folder / f"{preset}.ckpt"
-    torch.save(ckpt, path)
-    return path
+    return Path(save_module_checkpoint(model, folder / f"{preset}.ckpt"))
 
 
 def readme_commands(prefix: str) -> list[str]:

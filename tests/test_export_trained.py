@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 
@@ -21,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from kwav2vec.checkpoints import build_backbone, head_module, load_converted  # noqa: E402
 from kwav2vec.checkpoints.cli import main as convert  # noqa: E402
+from kwav2vec.lit.checkpoint_io import save_module_checkpoint  # noqa: E402
 from kwav2vec.lit.finetune import HierarchicalFineTuner  # noqa: E402
 from kwav2vec.lit.pretrain import Pretrainer  # noqa: E402
 from kwav2vec.text.vocab import Vocabulary  # noqa: E402
@@ -39,11 +39,7 @@ TINY = dict(
 
 def lightning_checkpoint(module, path: Path) -> Path:
     """Saved as Lightning's checkpointing does, through the module's on_save_checkpoint."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 7,
-            "pytorch-lightning_version": lightning.__version__}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return path
+    return Path(save_module_checkpoint(module, path, global_step=7))
 
 
 def finetuner(arch: str, folder: Path) -> HierarchicalFineTuner:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning
 import numpy as np
 import pytest
 import soundfile as sf
@@ -24,6 +23,7 @@ from kwav2vec.data.manifest import read_manifest
 from kwav2vec.inference import evaluate, transcribe
 from kwav2vec.inference.predict import load_finetuner
 from kwav2vec.inference.report import TSV_COLUMNS, read_tsv
+from kwav2vec.lit.checkpoint_io import save_module_checkpoint
 from kwav2vec.lit.finetune import HierarchicalFineTuner
 from kwav2vec.metrics import cer, jamo_error_rate, normalize_for_scoring, oov_recovery, swer, wer
 from kwav2vec.text.vocab import Vocabulary
@@ -60,11 +60,7 @@ def checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():  # favour blank: short hypotheses, quick beam searches
         model.grapheme_head.proj.bias[0] = 1.0
         model.syllable_head.proj.bias[0] = 3.0
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    model.on_save_checkpoint(ckpt)
-    torch.save(ckpt, folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"
+    return Path(save_module_checkpoint(model, folder / "tiny.ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -145,3 +145,30 @@ def test_transformer_layer_contract():
     torch.testing.assert_close(y[1, :4], layer(x[1:, :4], None)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(2, 5\)"):
         layer(x, torch.zeros(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("layers", [
+    "[(48, 10, 5)] + [(48, 3, 2)] * 4 + [(48, 2, 2)] * 2",  # the standard stack: 400 / 320
+    "[(16, 7, 3)] + [(16, 5, 2)] + [(16, 3, 3)]",  # another stack: the geometry must follow it
+])
+def test_frame_geometry_is_the_conv_stacks_output_length(layers):
+    cfg = small_cfg(conv_feature_layers=layers)
+    geometry = cfg.frame_geometry
+    encoder = Wav2Vec2Model(cfg).feature_extractor
+    assert geometry.receptive_field == encoder.receptive_field
+    for n in [geometry.receptive_field - 1, geometry.receptive_field, 401, 999, 5000, 16000]:
+        layerwise = int(encoder.output_lengths(torch.tensor([n]))[0])
+        assert geometry.num_frames(n) == max(layerwise, 0), n
+
+
+def test_model_normalisation_keeps_silence_finite_and_equals_per_utterance_layer_norm():
+    model = Wav2Vec2Model(small_cfg(normalize=True)).eval()
+    silent = torch.zeros(1, 4000)
+    with torch.no_grad():
+        assert torch.isfinite(model.encode(silent)[0]).all()
+    loud = torch.randn(2, 4000) * 3 + 0.2
+    lengths = torch.tensor([4000, 2500])
+    out = model._normalize(loud, lengths)
+    ref = torch.nn.functional.layer_norm(loud[1, :2500], (2500,))  # fairseq's normalize
+    torch.testing.assert_close(out[1, :2500], ref, atol=1e-5, rtol=1e-4)
+    assert out[1, 2500:].abs().max() == 0  # padding stays zero

@@ -13,13 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-import lightning
 import pytest
 import torch
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+from kwav2vec.lit.checkpoint_io import save_module_checkpoint  # noqa: E402
 from kwav2vec.lit.finetune import HierarchicalFineTuner  # noqa: E402
 from kwav2vec.text.vocab import Vocabulary  # noqa: E402
 
@@ -46,11 +46,7 @@ def checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():  # lean towards blank: short but non-empty hypotheses, quick beam searches
         model.grapheme_head.proj.bias[0] = 2.0
         model.syllable_head.proj.bias[0] = 4.0
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__}
-    model.on_save_checkpoint(ckpt)
-    torch.save(ckpt, folder / "tiny.ckpt")
-    return folder / "tiny.ckpt"
+    return Path(save_module_checkpoint(model, folder / "tiny.ckpt"))
 
 
 @pytest.fixture(scope="module")

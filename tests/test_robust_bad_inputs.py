@@ -62,7 +62,8 @@ MATRIX: dict[str, list[str]] = {
     ],
     # preparation rejects it ("audio:silent", named); if it reaches training it stays finite
     "silence-only audio": [
-        "test_data_audio.py::test_silence_is_detected_and_normalization_stays_finite",
+        "test_data_audio.py::test_silence_is_detected",
+        "test_models_backbone.py::test_model_normalisation_keeps_silence_finite_and_equals_per_utterance_layer_norm",
         "test_data_prepare.py::test_ksponspeech_tree_pcm_and_cp949",
         "test_robust_bad_inputs.py::test_training_runs_over_every_bad_audio_row",
     ],

@@ -156,7 +156,7 @@ def test_the_finetuner_brings_its_rng_state_callback():
 
 @pytest.mark.parametrize("job", list(JOBS))
 def test_configure_optimizers_does_not_build_the_train_dataloader(tmp_path, monkeypatch, job):
-    """DESIGN.md trap: `trainer.estimated_stepping_batches` in configure_optimizers builds the train
+    """Lightning 2.x trap: `trainer.estimated_stepping_batches` in configure_optimizers builds the train
     dataloader before Lightning restores its position. Our DataModules survive it (their own
     state_dict, tests/test_data_resume.py), but a plain DataLoader would not: keep the modules off it."""
     if job == "pretrain":

@@ -256,12 +256,14 @@ class ErrorCounts:
         return cls(utterances=1, char_errors=Levenshtein.distance(ref, hyp), ref_chars=len(ref))
 
     def add(self, refs: Sequence[str], hyps: Sequence[str],
-            known_syllables: Collection[str] | Vocabulary | None = None) -> ErrorCounts:
-        """Adds the pairs (any form: each side is normalised here, once); references empty after
-        normalisation are counted in `empty_refs` only. Returns self."""
+            known_syllables: Collection[str] | Vocabulary | None = None, *,
+            refs_normalized: bool = False) -> ErrorCounts:
+        """Adds the pairs (any form: each side is normalised here, once; `refs_normalized`: the
+        caller already put the references in scoring form, e.g. once for several heads); references
+        empty after normalisation are counted in `empty_refs` only. Returns self."""
         known = _known_set(known_syllables) if known_syllables is not None else None
         for ref, hyp in zip(refs, hyps, strict=True):
-            ref = normalize_for_scoring(ref)
+            ref = ref if refs_normalized else normalize_for_scoring(ref)
             if not ref:
                 self.empty_refs += 1
                 continue

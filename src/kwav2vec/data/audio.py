@@ -141,13 +141,6 @@ def _wav_declared_data_bytes(path: Path) -> int | None:
             f.seek(length + (length & 1), os.SEEK_CUR)
 
 
-def normalize_waveform(wav: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Zero mean, unit variance over one utterance (fairseq's `normalize: true`, which is
-    `F.layer_norm(wav, wav.shape)`). The eps keeps silence finite: all-zero stays all-zero."""
-    wav = wav.float()
-    return (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + eps)
-
-
 def is_silent(wav: torch.Tensor, threshold: float = 1e-4) -> bool:
     """True when no sample reaches `threshold` (about -80 dBFS): digital silence or DC only."""
     return wav.numel() == 0 or float((wav - wav.mean()).abs().max()) < threshold

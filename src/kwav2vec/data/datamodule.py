@@ -5,6 +5,10 @@ over ranks themselves (so run the Trainer with `use_distributed_sampler=False`; 
 CLI does), and resume mid-epoch from a checkpoint (see `kwav2vec.data.loader`). Files that fail to
 load are skipped and counted: read `skipped` / `skipped_reasons` here, or `len(batch["skipped"])`
 per batch, to log them.
+
+The model owns what depends on its architecture: waveform normalisation happens inside it (its
+config's `normalize`), and the frame geometry that decides which utterances are too short or too
+long for CTC is the attached model's (`Wav2Vec2Config.frame_geometry`, read in `setup`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from typing import Literal
 import lightning.pytorch as pl
 
 from kwav2vec.data.collate import collate_audio, collate_labeled
-from kwav2vec.data.dataset import RECEPTIVE_FIELD, SAMPLES_PER_FRAME, AudioDataset, LabeledAudioDataset
+from kwav2vec.data.dataset import AudioDataset, LabeledAudioDataset
 from kwav2vec.data.loader import ResumableDataLoader
 from kwav2vec.data.manifest import GRAPHEME_VOCAB_FILE, SYLLABLE_VOCAB_FILE, read_manifest
 from kwav2vec.data.sampler import BucketBatchSampler
+from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry
 from kwav2vec.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,14 @@ class _BucketedDataModule(pl.LightningDataModule):
 
     # subclasses: self.hparams holds the __init__ arguments; _collate is the batch builder
     _collate = staticmethod(collate_audio)
+
+    @property
+    def geometry(self) -> FrameGeometry:
+        """The frame geometry of the model this datamodule feeds: the Trainer's LightningModule's
+        config when attached (any module with a `config: Wav2Vec2Config`), else that of every
+        preset and known import (`STANDARD_GEOMETRY`)."""
+        config = getattr(getattr(self.trainer, "lightning_module", None), "config", None)
+        return config.frame_geometry if hasattr(config, "frame_geometry") else STANDARD_GEOMETRY
 
     def _loader(self, split: str, train: bool) -> ResumableDataLoader:
         hp = self.hparams
@@ -133,10 +146,8 @@ class PretrainDataModule(_BucketedDataModule):
         max_sample_size: longer utterances are randomly cropped to this many samples (fairseq
             `max_sample_size`, 250 k = 15.6 s).
         min_sample_size: shorter utterances are left out (fairseq `min_sample_size`, 32 k = 2 s);
-            never below `receptive_field`.
+            never below one frame of the model.
         max_batch_size: optional cap on utterances per batch.
-        normalize: zero-mean unit-variance per utterance; must match the model config's `normalize`
-            (False for BASE, True for LARGE).
         bucketing: batch utterances of similar length (False: random batches).
         shuffle: shuffle the order of training batches every epoch.
         seed: seeds batch packing, epoch shuffles and crops.
@@ -145,7 +156,6 @@ class PretrainDataModule(_BucketedDataModule):
         pin_memory: DataLoader pin_memory (for GPU training).
         rank: this process's rank (default: from torch.distributed when initialised, else 0).
         world_size: number of processes (default: from torch.distributed when initialised, else 1).
-        receptive_field: samples the conv front end needs for one frame (400 for the standard stack).
     """
 
     def __init__(
@@ -157,7 +167,6 @@ class PretrainDataModule(_BucketedDataModule):
         max_sample_size: int = 250_000,
         min_sample_size: int = 32_000,
         max_batch_size: int | None = None,
-        normalize: bool = False,
         bucketing: bool = True,
         shuffle: bool = True,
         seed: int = 0,
@@ -166,7 +175,6 @@ class PretrainDataModule(_BucketedDataModule):
         pin_memory: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        receptive_field: int = RECEPTIVE_FIELD,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -182,9 +190,8 @@ class PretrainDataModule(_BucketedDataModule):
                 max_sample_size=hp.max_sample_size,
                 min_sample_size=hp.min_sample_size,
                 crop=True,
-                normalize=hp.normalize,
                 seed=hp.seed,
-                receptive_field=hp.receptive_field,
+                geometry=self.geometry,
                 name=f"{split} ({manifest})",
             )
 
@@ -202,9 +209,8 @@ class FinetuneDataModule(_BucketedDataModule):
         max_samples_per_batch: padded samples per batch per device (fairseq `max_tokens`; 3.2 M
             in fairseq's BASE fine-tuning recipes).
         max_sample_size: longer utterances are left out (labeled audio is never cropped).
-        min_sample_size: shorter utterances are left out; never below `receptive_field`.
+        min_sample_size: shorter utterances are left out; never below one frame of the model.
         max_batch_size: optional cap on utterances per batch.
-        normalize: zero-mean unit-variance per utterance, as the model config's `normalize`.
         bucketing: batch utterances of similar length (False: random batches).
         shuffle: shuffle the order of training batches every epoch.
         seed: seeds batch packing and epoch shuffles.
@@ -213,9 +219,9 @@ class FinetuneDataModule(_BucketedDataModule):
         pin_memory: DataLoader pin_memory (for GPU training).
         rank: this process's rank (default: from torch.distributed when initialised, else 0).
         world_size: number of processes (default: from torch.distributed when initialised, else 1).
-        samples_per_frame: conv encoder stride in samples (320 = 20 ms); with `receptive_field`
-            it decides which transcripts are too long for their audio under CTC (left out, counted).
-        receptive_field: samples the conv front end needs for one frame (400 for the standard stack).
+
+    Transcripts too long for their audio under CTC (with the model's frame geometry) are left out
+    and counted.
     """
 
     _collate = staticmethod(collate_labeled)
@@ -230,9 +236,8 @@ class FinetuneDataModule(_BucketedDataModule):
         audio_root: str | None = None,
         max_samples_per_batch: int = 3_200_000,
         max_sample_size: int = 480_000,
-        min_sample_size: int = RECEPTIVE_FIELD,
+        min_sample_size: int = STANDARD_GEOMETRY.receptive_field,
         max_batch_size: int | None = None,
-        normalize: bool = False,
         bucketing: bool = True,
         shuffle: bool = True,
         seed: int = 0,
@@ -241,8 +246,6 @@ class FinetuneDataModule(_BucketedDataModule):
         pin_memory: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        samples_per_frame: int = SAMPLES_PER_FRAME,
-        receptive_field: int = RECEPTIVE_FIELD,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -272,9 +275,7 @@ class FinetuneDataModule(_BucketedDataModule):
                 self.syllable_vocab,
                 max_sample_size=hp.max_sample_size,
                 min_sample_size=hp.min_sample_size,
-                normalize=hp.normalize,
-                samples_per_frame=hp.samples_per_frame,
-                receptive_field=hp.receptive_field,
+                geometry=self.geometry,
                 name=f"{split} ({manifest})",
             )
 

@@ -32,16 +32,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kwav2vec.data.audio import AudioError, load_audio, normalize_waveform
+from kwav2vec.data.audio import AudioError, load_audio
 from kwav2vec.data.manifest import ManifestEntry
+from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry
 
 log = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = 320  # samples, 20 ms at 16 kHz: the conv feature encoder's total stride
-RECEPTIVE_FIELD = 400  # samples, 25 ms: the standard conv stack's receptive field (one frame)
-# samples a file may differ from its manifest's num_samples: one frame, room for another resampler's
-# rounding in a manifest `kwav2vec prepare` did not write (prepare's own lengths are exact)
-LENGTH_TOLERANCE = SAMPLES_PER_FRAME
+# samples a file may differ from its manifest's num_samples: one standard frame (20 ms), room for
+# another resampler's rounding in a manifest `kwav2vec prepare` did not write (prepare's are exact)
+LENGTH_TOLERANCE = STANDARD_GEOMETRY.samples_per_frame
 
 
 class Encoder(Protocol):
@@ -64,17 +63,6 @@ class SkippedItem:
         return {"index": self.index, "id": self.id, "path": self.path, "reason": self.reason, "detail": self.detail}
 
 
-def num_frames(num_samples: int | np.ndarray, receptive_field: int = RECEPTIVE_FIELD,
-               samples_per_frame: int = SAMPLES_PER_FRAME) -> int | np.ndarray:
-    """Frames the conv encoder makes of `num_samples` samples (0 below the receptive field). For
-    the standard stack this equals the layer-by-layer formula exactly."""
-    if isinstance(num_samples, (int, np.integer)):  # the common case, without numpy's overhead
-        n = int(num_samples)
-        return 0 if n < receptive_field else (n - receptive_field) // samples_per_frame + 1
-    n = np.asarray(num_samples)
-    return np.where(n < receptive_field, 0, (n - receptive_field) // samples_per_frame + 1)
-
-
 def ctc_min_frames(targets: Sequence) -> int:
     """Shortest input CTC can align with `targets`: one frame per label plus a blank between
     repeated labels."""
@@ -87,12 +75,14 @@ class AudioDataset(Dataset):
     Args:
         entries: manifest entries (see `kwav2vec.data.manifest.read_manifest`).
         max_sample_size: longer utterances are randomly cropped to this (`crop=True`) or dropped.
-        min_sample_size: shorter utterances are dropped (never less than `receptive_field`).
+        min_sample_size: shorter utterances are dropped (never less than one frame).
         crop: crop long utterances (pretraining) instead of dropping them (labeled data).
-        normalize: zero mean, unit variance per utterance (the model config's `normalize`).
         seed: seeds the crops together with epoch and index.
-        receptive_field: samples the conv front end needs for one frame.
+        geometry: the model's frame geometry (`Wav2Vec2Config.frame_geometry`).
         name: used in log lines (e.g. the manifest path).
+
+    Audio is returned as read: waveform normalisation belongs to the model (its config's
+    `normalize`), so a checkpoint sees the same input in training, evaluation and export.
     """
 
     def __init__(
@@ -102,14 +92,13 @@ class AudioDataset(Dataset):
         max_sample_size: int | None = None,
         min_sample_size: int = 0,
         crop: bool = True,
-        normalize: bool = False,
         seed: int = 0,
-        receptive_field: int = RECEPTIVE_FIELD,
+        geometry: FrameGeometry = STANDARD_GEOMETRY,
         name: str = "dataset",
     ) -> None:
-        self.max_sample_size, self.crop, self.normalize, self.seed = max_sample_size, crop, normalize, seed
-        self.min_sample_size = max(int(min_sample_size), int(receptive_field))
-        self.receptive_field, self.name = receptive_field, name
+        self.max_sample_size, self.crop, self.seed = max_sample_size, crop, seed
+        self.min_sample_size = max(int(min_sample_size), geometry.receptive_field)
+        self.geometry, self.name = geometry, name
         self.filtered: Counter[str] = Counter()
         self.filtered_ids: dict[str, list[str]] = {}  # reason -> ids left out, for the log line
         self.skipped: Counter[str] = Counter()  # load failures seen by this process, by reason
@@ -170,8 +159,6 @@ class AudioDataset(Dataset):
             rng = np.random.default_rng([self.seed, epoch, index])
             start = int(rng.integers(0, len(wav) - self.max_sample_size + 1))
             wav = wav[start : start + self.max_sample_size]
-        if self.normalize:
-            wav = normalize_waveform(wav)
         return {"index": index, "id": entry.id, "audio": wav}
 
 
@@ -180,8 +167,8 @@ class LabeledAudioDataset(AudioDataset):
     covers the whole file): utterances over `max_sample_size` are dropped and counted.
 
     Utterances whose targets need more CTC frames than the audio yields are dropped as
-    "ctc-infeasible" (with `samples_per_frame` samples per frame after the first
-    `receptive_field`), those whose transcript encodes to nothing as "empty-target".
+    "ctc-infeasible" (frames counted with `geometry`), those whose transcript encodes to nothing
+    as "empty-target".
     """
 
     def __init__(
@@ -192,16 +179,13 @@ class LabeledAudioDataset(AudioDataset):
         *,
         max_sample_size: int | None = None,
         min_sample_size: int = 0,
-        normalize: bool = False,
-        samples_per_frame: int = SAMPLES_PER_FRAME,
-        receptive_field: int = RECEPTIVE_FIELD,
+        geometry: FrameGeometry = STANDARD_GEOMETRY,
         name: str = "dataset",
     ) -> None:
         self.grapheme_vocab, self.syllable_vocab = grapheme_vocab, syllable_vocab
-        self.samples_per_frame = samples_per_frame
         self._targets: list[tuple[np.ndarray, np.ndarray]] = []
         super().__init__(entries, max_sample_size=max_sample_size, min_sample_size=min_sample_size, crop=False,
-                         normalize=normalize, receptive_field=receptive_field, name=name)
+                         geometry=geometry, name=name)
 
     def _filter_more(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
         kept = []
@@ -219,7 +203,7 @@ class LabeledAudioDataset(AudioDataset):
             if self.grapheme_vocab.unk_id in graphemes:
                 self._leave_out(e, "unnormalized-text")
                 continue
-            frames = num_frames(e.num_samples, self.receptive_field, self.samples_per_frame)
+            frames = self.geometry.num_frames(e.num_samples)
             if max(ctc_min_frames(graphemes), ctc_min_frames(syllables)) > frames:
                 self._leave_out(e, "ctc-infeasible")
                 continue

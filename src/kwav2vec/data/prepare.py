@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from kwav2vec.data.audio import SAMPLE_RATE, AudioError, is_silent, load_audio_with_info
-from kwav2vec.data.dataset import RECEPTIVE_FIELD, SAMPLES_PER_FRAME, ctc_min_frames, num_frames
+from kwav2vec.data.dataset import ctc_min_frames
 from kwav2vec.data.fairseq_manifest import write_fairseq_manifest
 from kwav2vec.data.manifest import (
     GRAPHEME_VOCAB_FILE,
@@ -43,6 +43,7 @@ from kwav2vec.data.manifest import (
     write_manifest,
 )
 from kwav2vec.fileio import atomic_write_text, fsync_dir, pid_alive
+from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry
 from kwav2vec.text.hangul import MODERN_JAMO
 from kwav2vec.text.normalize import NormalizerConfig, TranscriptError, normalize
 from kwav2vec.text.vocab import Vocabulary
@@ -68,11 +69,11 @@ class Candidate:
 class PrepareOptions:
     normalizer: NormalizerConfig = NormalizerConfig()
     unlabeled: bool = False  # audio only (pretraining manifests): transcripts are not read
-    min_samples: int = RECEPTIVE_FIELD  # shorter audio is rejected (too short for one frame)
+    min_samples: int = STANDARD_GEOMETRY.receptive_field  # shorter audio is rejected (too short for one frame)
     min_duration: float = 0.0  # seconds; the larger of this and min_samples applies
     max_duration: float | None = None  # seconds; longer audio is rejected
-    samples_per_frame: int = SAMPLES_PER_FRAME  # for the CTC feasibility check
-    receptive_field: int = RECEPTIVE_FIELD
+    # for the CTC feasibility check; a model with another conv stack refilters in its datamodule
+    geometry: FrameGeometry = STANDARD_GEOMETRY
     silence_threshold: float = 1e-4  # peak amplitude below this is "silent"
     build_vocab: bool | None = None  # None: build vocabularies for a split named "train"
     vocab_min_count: int = 1  # syllables seen fewer times are left to <unk>
@@ -163,7 +164,7 @@ def check_candidate(c: Candidate, manifest_dir: str, options: PrepareOptions) ->
         return reject(f"transcript:{result.reason}", result.detail or "; ".join(result.changes))
     if result.changes:
         out.notes.append("text-changed")
-    frames = num_frames(n, options.receptive_field, options.samples_per_frame)
+    frames = options.geometry.num_frames(n)
     need = max(ctc_min_frames(_GRAPHEMES.tokenize(result.text)), ctc_min_frames(_SYLLABLES.tokenize(result.text)))
     if need > frames:
         return reject("ctc-infeasible", f"{need} CTC steps needed, the audio gives {frames} frames")

@@ -70,6 +70,7 @@ def main(argv: list[str]) -> int:
     from kwav2vec.data.corpora.tsv import tsv_candidates
     from kwav2vec.data.fairseq_manifest import read_fairseq_manifest
     from kwav2vec.data.prepare import Candidate, PrepareError, PrepareOptions, prepare_corpus
+    from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry
     from kwav2vec.text.normalize import NormalizerConfig
 
     src = Path(args.src)
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> int:
         min_samples=args.min_samples,
         min_duration=args.min_duration,
         max_duration=args.max_duration,
-        samples_per_frame=args.samples_per_frame,
+        geometry=FrameGeometry(STANDARD_GEOMETRY.receptive_field, args.samples_per_frame),
         build_vocab=args.vocab,
         vocab_min_count=args.vocab_min_count,
         fairseq=args.fairseq,

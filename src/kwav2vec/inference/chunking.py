@@ -36,9 +36,11 @@ from kwav2vec.data.audio import (
     AudioError,
     _wav_declared_data_bytes,
 )
-from kwav2vec.data.dataset import RECEPTIVE_FIELD
+from kwav2vec.models.config import STANDARD_GEOMETRY
 
-FRAME_STRIDE = 320  # samples per encoder frame: 20 ms at 16 kHz
+# Windows are planned in the standard geometry's frames; `predict` refuses a model with another
+# conv stack (`check_geometry`) rather than cut its windows at the wrong frames.
+FRAME_STRIDE = STANDARD_GEOMETRY.samples_per_frame  # samples per encoder frame: 20 ms at 16 kHz
 FRAME_SECONDS = FRAME_STRIDE / SAMPLE_RATE
 DEFAULT_CHUNK_SECONDS = 20.0  # see the README's long-recordings figures
 DEFAULT_STRIDE_SECONDS = 2.0  # context kept on each side of a window (dropped from its log-probs)
@@ -47,7 +49,7 @@ RESAMPLE_MARGIN = 256  # native-rate samples read beyond a block so the resample
 
 def frames_for(num_samples: int) -> int:
     """Encoder frames of `num_samples` samples (the conv stack's output length); 0 below one frame."""
-    return 0 if num_samples < RECEPTIVE_FIELD else (num_samples - RECEPTIVE_FIELD) // FRAME_STRIDE + 1
+    return STANDARD_GEOMETRY.num_frames(num_samples)
 
 
 @dataclass(frozen=True)

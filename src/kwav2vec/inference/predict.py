@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kwav2vec.data.audio import SAMPLE_RATE, AudioError, load_audio
 from kwav2vec.data.collate import pad_1d
-from kwav2vec.data.dataset import RECEPTIVE_FIELD, SkippedItem
+from kwav2vec.data.dataset import SkippedItem
 from kwav2vec.data.sampler import pack_batches
 from kwav2vec.decoding.beam import Hypothesis
 from kwav2vec.inference.chunking import (
@@ -56,8 +56,11 @@ from kwav2vec.inference.segments import (
     shift_words,
 )
 from kwav2vec.inference.timestamps import word_times
+from kwav2vec.models.config import STANDARD_GEOMETRY
 
 log = logging.getLogger(__name__)
+
+ONE_FRAME = STANDARD_GEOMETRY.receptive_field  # samples: shorter clips get no frame (see check_geometry)
 
 DEFAULT_MAX_SAMPLES_PER_BATCH = 1_600_000  # 100 s of 16 kHz audio per batch (padded)
 
@@ -126,17 +129,17 @@ class PredictDataset(Dataset):
 
 def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
     """Batch: ids, indices, audio (B, S) zero-padded, audio_lengths (B,), skipped (unreadable files)
-    and short: clips shorter than one frame (`RECEPTIVE_FIELD` samples), which the model cannot take
+    and short: clips shorter than one frame (`ONE_FRAME` samples), which the model cannot take
     and which are kept out of `audio`: each gets an empty transcript and a warning, the rest of the
     batch is transcribed."""
-    good = [it for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) >= RECEPTIVE_FIELD]
+    good = [it for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) >= ONE_FRAME]
     short = [{"index": it["index"], "id": it["id"], "num_samples": len(it["audio"])}
-             for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) < RECEPTIVE_FIELD]
+             for it in items if not isinstance(it, SkippedItem) and len(it["audio"]) < ONE_FRAME]
     skipped = [it.as_dict() for it in items if isinstance(it, SkippedItem)]
     if good:
         audio, lengths = pad_1d([it["audio"] for it in good], 0.0)
     else:
-        audio, lengths = torch.zeros(0, RECEPTIVE_FIELD), torch.zeros(0, dtype=torch.long)
+        audio, lengths = torch.zeros(0, ONE_FRAME), torch.zeros(0, dtype=torch.long)
     return {
         "ids": [it["id"] for it in good],
         "indices": [it["index"] for it in good],
@@ -150,7 +153,7 @@ def collate_predict(items: Sequence[dict | SkippedItem]) -> dict:
 
 def too_short_message(num_samples: int) -> str:
     return (f"{num_samples} samples ({num_samples / SAMPLE_RATE:.3f} s at 16 kHz), shorter than one frame "
-            f"({RECEPTIVE_FIELD} samples): empty transcript")
+            f"({ONE_FRAME} samples): empty transcript")
 
 
 def shard_batches(
@@ -524,6 +527,18 @@ def load_finetuner(path: str):
     return model
 
 
+def check_geometry(model: pl.LightningModule) -> None:
+    """Chunk plans, short-clip checks and word times count standard frames (`STANDARD_GEOMETRY`,
+    every preset and known import): a model with another conv stack is refused with one line
+    instead of transcribed at the wrong frames."""
+    config = getattr(model, "config", None)
+    geometry = config.frame_geometry if config is not None else STANDARD_GEOMETRY
+    if geometry != STANDARD_GEOMETRY:
+        raise ValueError(f"the model's conv stack gives {geometry.samples_per_frame} samples per frame and a "
+                         f"receptive field of {geometry.receptive_field}; transcription supports the standard "
+                         f"{STANDARD_GEOMETRY.samples_per_frame} / {STANDARD_GEOMETRY.receptive_field} of every preset")
+
+
 def run_prediction(
     model: pl.LightningModule,
     sources: Sequence[Source],
@@ -536,6 +551,7 @@ def run_prediction(
     """Runs the predict loop over `sources` -> (every rank's results on rank 0 else None, wall
     seconds of the loop, world size). Files longer than `--chunk-seconds` go in windows
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
+    check_geometry(model)
     writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args))
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(

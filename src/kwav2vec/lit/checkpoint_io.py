@@ -69,3 +69,17 @@ def module_from_checkpoint(cls: type[pl.LightningModule], checkpoint: dict[str, 
     checkpoint = _pl_migrate_checkpoint(checkpoint, checkpoint_path=path)
     checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
     return _load_state(cls, checkpoint)
+
+
+def save_module_checkpoint(module: pl.LightningModule, path, global_step: int = 0) -> str:
+    """A checkpoint of `module` written outside a Trainer (tests, benchmarks, a model built by
+    hand), with the contents `load_from_checkpoint` and our readers need: state dict, hyper-parameters,
+    the module's `on_save_checkpoint` additions and the Lightning version; sealed and written
+    atomically, as the Trainer's checkpoints are. Returns the path as a string."""
+    import lightning
+
+    checkpoint = {"state_dict": module.state_dict(), module.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
+                  "global_step": global_step, "pytorch-lightning_version": lightning.__version__}
+    module.on_save_checkpoint(checkpoint)
+    atomic_torch_save(seal(checkpoint), path)
+    return str(path)

@@ -1,25 +1,22 @@
 """Hierarchical multi-task CTC fine-tuning (K-wav2vec): a grapheme head and a syllable head on one
 wav2vec 2.0 backbone, loss = λ·CTC_syllable + (1 − λ)·CTC_grapheme.
 
-Consumes the fine-tuning batch of the data layer (CONTRACTS.md): `ids`, `audio` (B, S),
-`audio_lengths` (B,), `graphemes` (B, Lg) + `grapheme_lengths` (B,) (needed when λ < 1),
-`syllables` (B, Ls) + `syllable_lengths` (B,) (needed when λ > 0), `texts` (validation/test only).
-Prediction needs only `ids`, `audio`, `audio_lengths`.
+Consumes the fine-tuning batch of the data layer (`kwav2vec.data.collate.FinetuneBatch`): targets
+of the built heads for training, `texts` too for validation/test, only `ids`, `audio`,
+`audio_lengths` for prediction. Validation, test and predict steps: `kwav2vec.lit.evaluation`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 
 from kwav2vec.checkpoints.format import HeadCheckpoint, load_head_weights
 from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkpoint, upgrade_finetuner_state
-from kwav2vec.decoding.greedy import greedy_decode
 from kwav2vec.lit.base import TrainingModule
-from kwav2vec.lit.evaluation import EpochCounts
+from kwav2vec.lit.evaluation import HEADS, EpochCounts, EvaluationSteps
 from kwav2vec.lit.schedules import tri_stage_schedule
 from kwav2vec.models.config import Wav2Vec2Config, preset
 from kwav2vec.models.ctc_loss import CTCTerms, ctc_terms, multitask_ctc_loss
@@ -30,29 +27,14 @@ from kwav2vec.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-HEADS = ("syllable", "grapheme")
 TARGET_KEYS = {"grapheme": ("graphemes", "grapheme_lengths"), "syllable": ("syllables", "syllable_lengths")}
 # Written into every checkpoint beside the hyper-parameters (see on_save_checkpoint).
 CHECKPOINT_KEY = "kwav2vec_finetune"
 CHECKPOINT_FORMAT = 1
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def _as_vocabulary(value: str | os.PathLike | dict | Vocabulary | None, kind: str) -> Vocabulary | None:
-    """A vocabulary from a JSON path, a `Vocabulary.to_dict()` dict (checkpoints) or a Vocabulary."""
-    if value is None or isinstance(value, Vocabulary):
-        vocab = value
-    elif isinstance(value, dict):
-        vocab = Vocabulary.from_dict(value, source=f"{kind} vocabulary in the checkpoint hyper-parameters")
-    else:
-        vocab = Vocabulary.load(value)
-    if vocab is not None and vocab.kind != kind:
-        raise ValueError(f"expected a {kind} vocabulary, got a {vocab.kind} one ({value!r:.200})")
-    return vocab
-
-
 # ---------------------------------------------------------------------------------------- module
-class HierarchicalFineTuner(TrainingModule):
+class HierarchicalFineTuner(EvaluationSteps, TrainingModule):
     """Grapheme + syllable CTC fine-tuning of a wav2vec 2.0 backbone (K-wav2vec's multi-task recipe).
 
     Model: backbone -> GraphemeHead (dropout + linear over jamo) and SyllableHead (N transformer
@@ -67,20 +49,13 @@ class HierarchicalFineTuner(TrainingModule):
     frames) are excluded from the loss and counted: `train/ctc_infeasible` (any head), and
     `train/ctc_infeasible_{grapheme,syllable}`. Log-softmax and CTC run in float32 with autocast off.
 
-    Trainer options, not arguments here: gradient clipping (`gradient_clip_val`; fairseq's default
-    `clip_norm` 0 means off), gradient accumulation
-    (`accumulate_grad_batches`, fairseq `update_freq`), mixed precision (`precision="bf16-mixed"` or
-    "16-mixed"). Under DDP use `strategy="ddp_find_unused_parameters_true"` when
-    `freeze_backbone_updates` > 0 or `layerdrop` > 0 (some parameters get no gradient in a step).
-    `ModelCheckpoint` is the CLI's: monitor `val/cer` (mode "min").
+    Trainer options, not arguments here: `gradient_clip_val` (fairseq `clip_norm`, 0 = off),
+    `accumulate_grad_batches` (fairseq `update_freq`), `precision` ("bf16-mixed", "16-mixed"). Under
+    DDP use `strategy="ddp_find_unused_parameters_true"` when `freeze_backbone_updates` > 0 or
+    `layerdrop` > 0 (some parameters get no gradient in a step).
 
-    Validation / test (logged under `val/` and `test/`, corpus rates from edit counts summed over
-    batches and ranks): per head h in {syllable, grapheme} (the grapheme head's jamo recomposed
-    into syllables): `cer_h`, `wer_h`, `swer_h`, `jer_h` (jamo error rate), `oov_recovery_h` (share
-    of reference syllables missing from the syllable vocabulary that come out right; NaN when there
-    are none), `loss_h`; `loss` (the λ-combination) and `ctc_infeasible`. `cer` is the lower CER of
-    the built heads: the best single-head greedy transcription, what checkpoint selection wants
-    (the joint decoder of both heads is evaluated separately).
+    Validation / test metrics: see `kwav2vec.lit.evaluation.EvaluationSteps`; the CLI's checkpoint
+    selection monitors `val/cer`.
 
     Args:
         model: backbone preset, "tiny" | "base" | "large" (ignored when `init_from` or
@@ -194,8 +169,8 @@ class HierarchicalFineTuner(TrainingModule):
         if freeze_feature_encoder:
             self.backbone.feature_extractor.requires_grad_(False)
 
-        self.grapheme_vocab = _as_vocabulary(grapheme_vocabulary, "grapheme")
-        self.syllable_vocab = _as_vocabulary(syllable_vocabulary, "syllable")
+        self.grapheme_vocab = Vocabulary.coerce(grapheme_vocabulary, "grapheme")
+        self.syllable_vocab = Vocabulary.coerce(syllable_vocabulary, "syllable")
         # heads of a converted K-wav2vec checkpoint ({} for other files): loaded when the heads are built
         self._stored_heads: dict[str, HeadCheckpoint] = {}
         self._vocab_from_init: set[str] = set()  # kinds whose vocabulary came from a stored head
@@ -306,17 +281,6 @@ class HierarchicalFineTuner(TrainingModule):
             mask_channel_prob=hp.mask_channel_prob, mask_channel_length=hp.mask_channel_length,
         )
 
-    @torch.no_grad()
-    def transcribe(self, audio: torch.Tensor, audio_lengths: torch.Tensor | None = None) -> dict[str, list[str]]:
-        """Greedy transcripts of each built head: {"grapheme": [...], "syllable": [...]} (eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
-            log_probs, frames = self(audio, audio_lengths)
-        finally:
-            self.train(was_training)
-        return {h: greedy_decode(lp, frames, getattr(self, f"{h}_vocab")) for h, lp in log_probs.items()}
-
     def _forward_batch(self, batch: dict, freeze_backbone: bool = False):
         try:
             return self(batch["audio"], batch["audio_lengths"], freeze_backbone=freeze_backbone)
@@ -388,56 +352,6 @@ class HierarchicalFineTuner(TrainingModule):
             on_step=False, on_epoch=True, reduce_fx="sum", batch_size=B, sync_dist=True,
         )
         return loss
-
-    # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, batch: dict) -> None:
-        self._check_batch(batch, with_targets=True, with_texts=True)
-        if batch["audio"].shape[0] == 0:
-            return
-        log_probs, frames = self._forward_batch(batch)
-        hyps = {h: greedy_decode(lp, frames, getattr(self, f"{h}_vocab")) for h, lp in log_probs.items()}
-        self._counts.add(self._ctc(log_probs, frames, batch), list(batch["texts"]), hyps, self.syllable_vocab)
-
-    def _log_evaluation(self, stage: str) -> None:
-        counts, self._counts = self._counts, EpochCounts(self.heads_used)
-        counts.load_tensor(self.sum_over_ranks(counts.to_tensor(self.device)))
-        logs = counts.logs(stage, self.hparams.mtl_weight, with_oov=self.syllable_vocab is not None)
-        # values are already summed over ranks: identical everywhere, nothing left to synchronise
-        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=False)
-
-    def on_validation_epoch_start(self) -> None:
-        self._counts = EpochCounts(self.heads_used)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._counts = EpochCounts(self.heads_used)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """-> {"ids": list[str], "frame_lengths": (B,) long, "grapheme_log_probs": (B, T, Vg) float32
-        or None (head not built), "syllable_log_probs": (B, T, Vs) float32 or None}, on the CPU (the
-        predict loop keeps every batch's output)."""
-        self._check_batch(batch, with_targets=False)
-        audio = batch["audio"]
-        if audio.shape[0] == 0:  # every file of the batch failed to load
-            empty = {h: torch.zeros(0, 0, len(getattr(self, f"{h}_vocab"))) for h in self.heads_used}
-            return {"ids": [], "frame_lengths": torch.zeros(0, dtype=torch.long),
-                    **{f"{h}_log_probs": empty.get(h) for h in HEADS}}
-        log_probs, frames = self._forward_batch(batch)
-        out: dict[str, Any] = {"ids": list(batch.get("ids", [])), "frame_lengths": frames.cpu()}
-        for h in HEADS:
-            out[f"{h}_log_probs"] = log_probs[h].cpu() if h in log_probs else None
-        return out
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

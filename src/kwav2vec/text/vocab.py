@@ -8,6 +8,7 @@ follow from id 3.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -218,6 +219,20 @@ class Vocabulary:
         from kwav2vec.fileio import atomic_write_text  # (text/ imports nothing else of kwav2vec at load)
 
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
+
+    @classmethod
+    def coerce(cls, value: str | os.PathLike | dict | Vocabulary | None, kind: Kind) -> Vocabulary | None:
+        """A `kind` vocabulary from a JSON path, a `to_dict()` dict (as checkpoints store it) or a
+        Vocabulary; None stays None. Another kind raises a ValueError."""
+        if value is None or isinstance(value, Vocabulary):
+            vocab = value
+        elif isinstance(value, dict):
+            vocab = cls.from_dict(value, source=f"{kind} vocabulary in the checkpoint hyper-parameters")
+        else:
+            vocab = cls.load(value)
+        if vocab is not None and vocab.kind != kind:
+            raise ValueError(f"expected a {kind} vocabulary, got a {vocab.kind} one ({value!r:.200})")
+        return vocab
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
