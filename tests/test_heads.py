@@ -109,3 +109,32 @@ def test_multitask_weights_and_exact_single_task():
         multitask_ctc_loss(0.5, s, None)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         multitask_ctc_loss(1.5, s, g)
+
+
+# ---------------------------------------------------------------- the whole model
+def test_hierarchical_ctc_owns_heads_sizes_normalisation_and_frames():
+    """One nn.Module: forward gives each head's log-probs and the frame lengths its config's geometry
+    predicts; the waveform normalisation is the config's (scaled audio, same output when on)."""
+    from kwav2vec.models.config import Wav2Vec2Config
+    from kwav2vec.models.hierarchical import HierarchicalCTC
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(conv_feature_layers="[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2",
+                         encoder_layers=1, encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_attention_heads=2,
+                         conv_pos=8, conv_pos_groups=2, normalize=True)
+    model = HierarchicalCTC(cfg)
+    model.add_grapheme_head(7)
+    model.add_syllable_head(11, num_layers=1)
+    model.eval()
+    assert model.vocab_sizes == {"grapheme": 7, "syllable": 11}
+    audio, lengths = torch.randn(2, 4000), torch.tensor([4000, 2700])
+    with torch.no_grad():
+        log_probs, frames = model(audio, lengths)
+        scaled, _ = model(audio * 5 + 0.1 * (torch.arange(4000) < lengths[:, None]), lengths)
+    assert frames.tolist() == [cfg.frame_geometry.num_frames(n) for n in lengths.tolist()]
+    assert log_probs["grapheme"].shape == (2, frames.max(), 7) and log_probs["syllable"].shape[-1] == 11
+    torch.testing.assert_close(log_probs["grapheme"].exp().sum(-1), torch.ones(2, int(frames.max())))
+    for h in log_probs:  # normalised inside the model: gain and offset of the real samples do not matter
+        torch.testing.assert_close(scaled[h][1, : frames[1]], log_probs[h][1, : frames[1]], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="no head"):
+        model(audio, lengths, heads=("phoneme",))

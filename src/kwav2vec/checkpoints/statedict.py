@@ -65,9 +65,6 @@ class SourceState:
     def keys(self) -> list[str]:
         return list(self.state)
 
-    def has_prefix(self, prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in self.state)
-
     def take(self, key: str) -> torch.Tensor | None:
         """The tensor under `key` (weight-norm spellings resolved), marked used; None if absent."""
         if key in self.state:

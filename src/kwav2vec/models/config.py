@@ -235,9 +235,6 @@ def _presets() -> dict[str, Wav2Vec2Config]:
     }
 
 
-PRESETS = tuple(_presets())
-
-
 def preset(name: str, **overrides) -> Wav2Vec2Config:
     """The named preset ("tiny" | "base" | "large"), optionally with some fields overridden."""
     presets = _presets()

@@ -53,11 +53,6 @@ def is_compatibility_jamo(char: str) -> bool:
     return len(char) == 1 and 0x3131 <= ord(char) <= 0x318E
 
 
-def is_conjoining_jamo(char: str) -> bool:
-    """True for a character of the Hangul Jamo block U+1100..U+11FF (including archaic jamo)."""
-    return len(char) == 1 and 0x1100 <= ord(char) <= 0x11FF
-
-
 def decompose(text: str) -> str:
     """Replace every precomposed Hangul syllable by its conjoining jamo; keep everything else.
 
