@@ -129,3 +129,43 @@ def test_readme_transcribe_format_srt_out_progress(checkpoint, tmp_path, capsys,
     assert code == 0, err
     assert "lecture.wav: window 2/2, 25.0 of 25.0 s of audio" in err
     list(srt.parse((tmp_path / "subs" / "lecture.srt").read_text(encoding="utf-8")))
+
+
+def test_reencoded_segments_are_the_model_on_their_own_samples(checkpoint, tmp_path):  # noqa: F811
+    """--reencode-segments: a closed segment's log-probs become the model's output for exactly its
+    samples [start * 320, + (frames - 1) * 320 + 400), run alone; frames, order and flags are kept."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from kwav2vec.inference.predict import DecodingWriter, Source, load_finetuner
+    from kwav2vec.inference.segments import Segment
+
+    path = tmp_path / "long.wav"
+    sf.write(path, noise(6.0, 16000, 1, 9)[:, 0], 16000)
+    model = load_finetuner(str(checkpoint))
+    writer = DecodingWriter(lambda m: None, reencode=True, max_samples_per_batch=40_000)
+    writer._module = model
+    writer._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(forward_context=nullcontext))
+    writer._sources = {3: Source(index=3, id="long", path=str(path), num_samples=96_000)}
+    segs = [Segment(3, start, {h: torch.zeros(frames, 5) for h in ("grapheme", "syllable")}, last)
+            for start, frames, last in ((0, 120, False), (120, 40, False), (160, 139, True))]
+    out = writer._reencoded(segs)  # 40 k samples a batch: the three go in more than one batch
+    wave = read_block(str(path), 0, 96_000)
+    assert [(s.index, s.start, s.frames, s.last) for s in out] == [(s.index, s.start, s.frames, s.last) for s in segs]
+    with torch.no_grad():
+        for seg in out:
+            lo = seg.start * 320
+            alone, frames = model(wave[None, lo: lo + (seg.frames - 1) * 320 + 400])
+            assert int(frames[0]) == seg.frames
+            for h in ("grapheme", "syllable"):
+                torch.testing.assert_close(seg.log_probs[h], alone[h][0], atol=1e-4, rtol=1e-4)
+    assert writer.results.forward_seconds > 0
+
+
+def test_reencode_segments_through_the_cli(checkpoint, tmp_path, capsys):  # noqa: F811
+    path = tmp_path / "long.wav"
+    sf.write(path, noise(9.0, 16000, 1, 6), 16000)
+    code, out, err = _run(capsys, [str(checkpoint), str(path), "--json", "--chunk-seconds", "3", "--stride-seconds",
+                                   "0.6", "--reencode-segments", "--trainer.accelerator", "cpu"])
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["seconds"] == 9.0

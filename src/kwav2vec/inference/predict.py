@@ -274,13 +274,20 @@ class DecodingWriter(pl.Callback):
 
     def __init__(
         self, make_decoder: Callable[[pl.LightningModule], MultiDecoder], *, times: bool = False,
-        progress: bool = False, segmenting: SegmentConfig | None = None,
+        progress: bool = False, segmenting: SegmentConfig | None = None, reencode: bool = False,
+        max_samples_per_batch: int = DEFAULT_MAX_SAMPLES_PER_BATCH,
     ) -> None:
         self.make_decoder = make_decoder
         self.times = times  # also align each decoder's best text: UtteranceResult.words
         self.progress = progress  # a line on stderr per window of a long file: audio seconds done
         # long files: cut at pauses and decoded segment by segment (segments.py); None: no cutting
         self.segmenting = segmenting or SegmentConfig(0, 0)
+        # run each closed segment through the model again, alone: its neighbours leave the attention's
+        # context, as in per-utterance decoding (twice the model time of the speech; see _reencoded)
+        self.reencode = reencode
+        self.max_samples_per_batch = max_samples_per_batch
+        self._module: pl.LightningModule | None = None
+        self._trainer: pl.Trainer | None = None
         self.segmenter: StreamSegmenter | None = None
         self._partial: dict[int, dict] = {}  # long file -> its decoded segments so far
         self._failed: set[int] = set()  # long files one of whose blocks failed to load
@@ -293,6 +300,7 @@ class DecodingWriter(pl.Callback):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results = RankResults(rank=trainer.global_rank)
         self.decoder = self.make_decoder(pl_module)
+        self._module, self._trainer = pl_module, trainer
         self.segmenter = StreamSegmenter(self.segmenting, {h: v.blank_id for h, v in self.decoder.vocabs.items()
                                                            if v is not None})
         datamodule = trainer.datamodule
@@ -378,8 +386,38 @@ class DecodingWriter(pl.Callback):
         if closed:
             self._decode_segments(closed)
 
+    def _reencoded(self, segments: list[Segment]) -> list[Segment]:
+        """The segments with log-probs of their own audio alone: samples [start * 320, that + one
+        frame per frame) read again from the file and run through the model in batches of at most
+        `max_samples_per_batch` padded samples. The frame count is the segment's by construction
+        (`FrameGeometry.num_frames` of that length), checked."""
+        assert self._module is not None and self._trainer is not None
+        stride, field = STANDARD_GEOMETRY.samples_per_frame, STANDARD_GEOMETRY.receptive_field
+        started = time.perf_counter()
+        audio = [read_block(self._sources[seg.index].path, seg.start * stride, (seg.frames - 1) * stride + field)
+                 for seg in segments]
+        lengths_all = np.array([len(a) for a in audio])
+        new: dict[int, Segment] = {}
+        device = self._module.device
+        for group in pack_batches(lengths_all, np.argsort(lengths_all, kind="stable"), self.max_samples_per_batch):
+            idx = [int(i) for i in group]
+            wav, lengths = pad_1d([audio[i] for i in idx], 0.0)
+            with self._trainer.precision_plugin.forward_context():
+                log_probs, frames = self._module(wav.to(device), lengths.to(device))
+            for b, i in enumerate(idx):
+                seg = segments[i]
+                if int(frames[b]) != seg.frames:
+                    raise RuntimeError(f"segment of {seg.frames} frames re-encoded to {int(frames[b])}")
+                lps = {h: None if seg.log_probs[h] is None else log_probs[h][b, : seg.frames].float().cpu()
+                       for h in HEADS}
+                new[i] = Segment(seg.index, seg.start, lps, seg.last)
+        self.results.forward_seconds += time.perf_counter() - started
+        return [new[i] for i in range(len(segments))]
+
     def _decode_segments(self, segments: list[Segment]) -> None:
         assert self.decoder is not None
+        if self.reencode:
+            segments = self._reencoded(segments)
         lengths = torch.tensor([seg.frames for seg in segments])
         padded = {h: None if segments[0].log_probs[h] is None else
                   torch.nn.utils.rnn.pad_sequence([seg.log_probs[h] for seg in segments], batch_first=True)
@@ -552,7 +590,9 @@ def run_prediction(
     seconds of the loop, world size). Files longer than `--chunk-seconds` go in windows
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
     check_geometry(model)
-    writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args))
+    writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args),
+                            reencode=getattr(args, "reencode_segments", False),
+                            max_samples_per_batch=args.max_samples_per_batch)
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
         sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers,
@@ -608,6 +648,10 @@ def add_batching_arguments(parser) -> None:
     parser.add_argument("--max-segment-seconds", type=float, default=DEFAULT_MAX_SEGMENT_SECONDS,
                         help=f"without such a pause, cut at the most certain blank after this long "
                         f"(default {DEFAULT_MAX_SEGMENT_SECONDS})")
+    parser.add_argument("--reencode-segments", action="store_true",
+                        help="run each segment of a long file through the model again on its own audio, "
+                        "so its neighbours are out of the attention's context, as in per-utterance decoding "
+                        "(more accurate on a model trained on single utterances; about twice the model time)")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")

@@ -116,6 +116,10 @@ class StreamSegmenter:
         """Forget a file (one of its blocks failed to load)."""
         self._files.pop(index, None)
 
+    def pending(self) -> list[int]:
+        """Files with frames not yet handed out as segments (none once every file's last window came)."""
+        return sorted(self._files)
+
     def _cut(self, index: int, state: _Open, final: bool) -> list[Segment]:
         if not self.config.min_pause and not final:
             return []  # no cutting: join the windows once, at the end (not once per window)
