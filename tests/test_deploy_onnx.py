@@ -272,7 +272,9 @@ def test_onnx_backend_takes_long_files_in_windows_and_segments_as_lightning(base
     rng = np.random.default_rng(3)
     burst = np.concatenate([0.1 * rng.standard_normal(16000), np.zeros(8000)]).astype(np.float32)
     sf.write(audio, np.tile(burst, 4), 16000)  # 6 s
-    common = [str(audio), "--json", "--chunk-seconds", "2", "--stride-seconds", "0.4", "--trainer.accelerator", "cpu"]
+    # the onnx backend decodes the first pass; the Lightning path re-encodes segments unless told not to
+    common = [str(audio), "--json", "--chunk-seconds", "2", "--stride-seconds", "0.4", "--no-reencode-segments",
+              "--trainer.accelerator", "cpu"]
 
     def results(decoder: str) -> list[dict]:
         docs = []
@@ -288,6 +290,8 @@ def test_onnx_backend_takes_long_files_in_windows_and_segments_as_lightning(base
     # float noise may break either way: compared are the texts
     pt, ort = results("beam")
     assert pt["text"] == ort["text"] and [h["text"] for h in pt["nbest"]] == [h["text"] for h in ort["nbest"]]
+    assert transcribe.main([str(folder), str(audio), "--reencode-segments"]) != 0
+    assert "--reencode-segments runs on the lightning backend" in capsys.readouterr().err
 
 
 def test_onnx_backend_refuses_devices_and_non_exports(base_export, workdir, capsys):

@@ -132,13 +132,14 @@ def test_readme_transcribe_format_srt_out_progress(checkpoint, tmp_path, capsys,
 
 
 def test_reencoded_segments_are_the_model_on_their_own_samples(checkpoint, tmp_path):  # noqa: F811
-    """--reencode-segments: a closed segment's log-probs become the model's output for exactly its
-    samples [start * 320, + (frames - 1) * 320 + 400), run alone; frames, order and flags are kept."""
+    """--reencode-segments: the speech span of a closed segment (first to last non-blank frame of
+    the first pass, 10 frames more each side) gets the model's output for exactly its samples, run
+    alone; the pauses outside keep the first pass; frames, order and flags are kept."""
     from contextlib import nullcontext
     from types import SimpleNamespace
 
     from kwav2vec.inference.predict import DecodingWriter, Source, load_finetuner
-    from kwav2vec.inference.segments import Segment
+    from kwav2vec.inference.segments import Segment, SegmentConfig, StreamSegmenter
 
     path = tmp_path / "long.wav"
     sf.write(path, noise(6.0, 16000, 1, 9)[:, 0], 16000)
@@ -147,25 +148,47 @@ def test_reencoded_segments_are_the_model_on_their_own_samples(checkpoint, tmp_p
     writer._module = model
     writer._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(forward_context=nullcontext))
     writer._sources = {3: Source(index=3, id="long", path=str(path), num_samples=96_000)}
-    segs = [Segment(3, start, {h: torch.zeros(frames, 5) for h in ("grapheme", "syllable")}, last)
-            for start, frames, last in ((0, 120, False), (120, 40, False), (160, 139, True))]
+    writer.segmenter = StreamSegmenter(SegmentConfig(0, 0), {"grapheme": 0, "syllable": 0})
+
+    def first_pass(frames: int, speech: tuple[int, int] | None) -> dict:
+        out = {}
+        for h in ("grapheme", "syllable"):
+            lp = torch.full((frames, len(getattr(model, f"{h}_vocab"))), -10.0)
+            lp[:, 0] = 0.0  # blank everywhere ...
+            if speech is not None:
+                lp[speech[0]:speech[1], 2] = 1.0  # ... but the speech frames
+            out[h] = lp
+        return out
+
+    # (start, frames, last, speech frames in the segment) -> re-encoded span [lo, hi)
+    cases = [((0, 120, False, None), (0, 120)), ((120, 40, False, (15, 20)), (5, 30)),
+             ((160, 139, True, (3, 130)), (0, 139))]
+    segs = [Segment(3, start, first_pass(frames, speech), last) for (start, frames, last, speech), _ in cases]
     out = writer._reencoded(segs)  # 40 k samples a batch: the three go in more than one batch
     wave = read_block(str(path), 0, 96_000)
     assert [(s.index, s.start, s.frames, s.last) for s in out] == [(s.index, s.start, s.frames, s.last) for s in segs]
     with torch.no_grad():
-        for seg in out:
-            lo = seg.start * 320
-            alone, frames = model(wave[None, lo: lo + (seg.frames - 1) * 320 + 400])
-            assert int(frames[0]) == seg.frames
+        for seg, before, (_, (lo, hi)) in zip(out, segs, cases, strict=True):
+            first = (seg.start + lo) * 320
+            alone, frames = model(wave[None, first: first + (hi - lo - 1) * 320 + 400])
+            assert int(frames[0]) == hi - lo
             for h in ("grapheme", "syllable"):
-                torch.testing.assert_close(seg.log_probs[h], alone[h][0], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(seg.log_probs[h][lo:hi], alone[h][0], atol=1e-4, rtol=1e-4)
+                assert torch.equal(seg.log_probs[h][:lo], before.log_probs[h][:lo])  # the pauses: first pass
+                assert torch.equal(seg.log_probs[h][hi:], before.log_probs[h][hi:])
     assert writer.results.forward_seconds > 0
 
 
 def test_reencode_segments_through_the_cli(checkpoint, tmp_path, capsys):  # noqa: F811
+    from kwav2vec.inference.predict import DecodingWriter
+    from kwav2vec.inference.segments import SegmentConfig
+
     path = tmp_path / "long.wav"
     sf.write(path, noise(9.0, 16000, 1, 6), 16000)
-    code, out, err = _run(capsys, [str(checkpoint), str(path), "--json", "--chunk-seconds", "3", "--stride-seconds",
-                                   "0.6", "--reencode-segments", "--trainer.accelerator", "cpu"])
-    assert code == 0, err
-    assert json.loads(out)["results"][0]["seconds"] == 9.0
+    for flag in ("--reencode-segments", "--no-reencode-segments"):
+        code, out, err = _run(capsys, [str(checkpoint), str(path), "--json", "--chunk-seconds", "3", "--stride-seconds",
+                                       "0.6", "--pause-seconds", "0.1", flag, "--trainer.accelerator", "cpu"])
+        assert code == 0, err
+        assert json.loads(out)["results"][0]["seconds"] == 9.0
+    writer = DecodingWriter(lambda m: None, segmenting=SegmentConfig(0, 0), reencode=True)
+    assert not writer.reencode  # without cuts the one segment would be the whole file

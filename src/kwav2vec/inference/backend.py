@@ -45,8 +45,9 @@ def load_model(args) -> Any:
         from kwav2vec.deploy.onnx_runtime import OnnxModel, check_cpu_only
 
         check_cpu_only(args)
-        if getattr(args, "reencode_segments", False):
-            raise ValueError("--reencode-segments runs on the lightning backend (a .ckpt) only")
+        if getattr(args, "reencode_segments", None):
+            raise ValueError("--reencode-segments runs on the lightning backend (a .ckpt) only; "
+                             "the onnx backend decodes the first pass")
         if args.onnx_threads is not None and args.onnx_threads < 1:
             raise ValueError(f"--onnx-threads must be >= 1, got {args.onnx_threads}")
         return OnnxModel(args.checkpoint, threads=args.onnx_threads)

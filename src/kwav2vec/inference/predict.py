@@ -60,6 +60,12 @@ from kwav2vec.models.config import STANDARD_GEOMETRY
 
 log = logging.getLogger(__name__)
 
+# --reencode-segments runs a segment's speech (first to last non-blank frame of the first pass) with
+# this many frames (0.2 s) of its pauses on each side, not the whole pause: a model trained on single
+# utterances errs more with more silence around them. Chosen on the demo dev split (joined, chunks of
+# 20 s; greedy / joint-rescore CER %: whole segment 14.6 / 9.1, margin 5 frames 13.8 / 8.4, 10: 13.4 /
+# 8.4, 15: 13.5 / 8.9, 20: 14.0 / 9.2); frames outside keep the first pass's (blank) log-probs.
+SPEECH_MARGIN = 10
 ONE_FRAME = STANDARD_GEOMETRY.receptive_field  # samples: shorter clips get no frame (see check_geometry)
 
 DEFAULT_MAX_SAMPLES_PER_BATCH = 1_600_000  # 100 s of 16 kHz audio per batch (padded)
@@ -283,8 +289,9 @@ class DecodingWriter(pl.Callback):
         # long files: cut at pauses and decoded segment by segment (segments.py); None: no cutting
         self.segmenting = segmenting or SegmentConfig(0, 0)
         # run each closed segment through the model again, alone: its neighbours leave the attention's
-        # context, as in per-utterance decoding (twice the model time of the speech; see _reencoded)
-        self.reencode = reencode
+        # context, as in per-utterance decoding (about 1.7x the model time; see _reencoded). Not without
+        # cuts (--pause-seconds 0): the one "segment" is then the whole file, which chunking avoids.
+        self.reencode = reencode and self.segmenting.min_pause > 0
         self.max_samples_per_batch = max_samples_per_batch
         self._module: pl.LightningModule | None = None
         self._trainer: pl.Trainer | None = None
@@ -387,15 +394,16 @@ class DecodingWriter(pl.Callback):
             self._decode_segments(closed)
 
     def _reencoded(self, segments: list[Segment]) -> list[Segment]:
-        """The segments with log-probs of their own audio alone: samples [start * 320, that + one
-        frame per frame) read again from the file and run through the model in batches of at most
-        `max_samples_per_batch` padded samples. The frame count is the segment's by construction
-        (`FrameGeometry.num_frames` of that length), checked."""
+        """The segments with log-probs of their own speech alone: the samples of frames [lo, hi)
+        (`_speech_span`) read again from the file and run through the model in batches of at most
+        `max_samples_per_batch` padded samples; frames outside keep their first-pass log-probs. The
+        frame count is the span's by construction (`FrameGeometry.num_frames` of that length), checked."""
         assert self._module is not None and self._trainer is not None
         stride, field = STANDARD_GEOMETRY.samples_per_frame, STANDARD_GEOMETRY.receptive_field
         started = time.perf_counter()
-        audio = [read_block(self._sources[seg.index].path, seg.start * stride, (seg.frames - 1) * stride + field)
-                 for seg in segments]
+        spans = [self._speech_span(seg) for seg in segments]  # frames [lo, hi) of each segment
+        audio = [read_block(self._sources[seg.index].path, (seg.start + lo) * stride, (hi - lo - 1) * stride + field)
+                 for seg, (lo, hi) in zip(segments, spans, strict=True)]
         lengths_all = np.array([len(a) for a in audio])
         new: dict[int, Segment] = {}
         device = self._module.device
@@ -405,14 +413,28 @@ class DecodingWriter(pl.Callback):
             with self._trainer.precision_plugin.forward_context():
                 log_probs, frames = self._module(wav.to(device), lengths.to(device))
             for b, i in enumerate(idx):
-                seg = segments[i]
-                if int(frames[b]) != seg.frames:
-                    raise RuntimeError(f"segment of {seg.frames} frames re-encoded to {int(frames[b])}")
-                lps = {h: None if seg.log_probs[h] is None else log_probs[h][b, : seg.frames].float().cpu()
+                seg, (lo, hi) = segments[i], spans[i]
+                if int(frames[b]) != hi - lo:
+                    raise RuntimeError(f"segment span of {hi - lo} frames re-encoded to {int(frames[b])}")
+                lps = {h: None if seg.log_probs[h] is None else torch.cat(
+                    [seg.log_probs[h][:lo], log_probs[h][b, : hi - lo].float().cpu(), seg.log_probs[h][hi:]])
                        for h in HEADS}
                 new[i] = Segment(seg.index, seg.start, lps, seg.last)
         self.results.forward_seconds += time.perf_counter() - started
         return [new[i] for i in range(len(segments))]
+
+    def _speech_span(self, seg: Segment) -> tuple[int, int]:
+        """Frames [lo, hi) of `seg` from its first non-blank best label (any head) minus
+        SPEECH_MARGIN to its last plus SPEECH_MARGIN; the whole segment when it is all blank."""
+        assert self.segmenter is not None
+        speech = torch.zeros(seg.frames, dtype=torch.bool)
+        for h, lp in seg.log_probs.items():
+            if lp is not None:
+                speech |= lp.argmax(dim=-1) != self.segmenter.blank_ids[h]
+        where = speech.nonzero().flatten()
+        if len(where) == 0:
+            return 0, seg.frames
+        return max(0, int(where[0]) - SPEECH_MARGIN), min(seg.frames, int(where[-1]) + 1 + SPEECH_MARGIN)
 
     def _decode_segments(self, segments: list[Segment]) -> None:
         assert self.decoder is not None
@@ -591,7 +613,7 @@ def run_prediction(
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
     check_geometry(model)
     writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args),
-                            reencode=getattr(args, "reencode_segments", False),
+                            reencode=getattr(args, "reencode_segments", None) is not False,
                             max_samples_per_batch=args.max_samples_per_batch)
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
@@ -648,10 +670,11 @@ def add_batching_arguments(parser) -> None:
     parser.add_argument("--max-segment-seconds", type=float, default=DEFAULT_MAX_SEGMENT_SECONDS,
                         help=f"without such a pause, cut at the most certain blank after this long "
                         f"(default {DEFAULT_MAX_SEGMENT_SECONDS})")
-    parser.add_argument("--reencode-segments", action="store_true",
-                        help="run each segment of a long file through the model again on its own audio, "
+    parser.add_argument("--reencode-segments", action=argparse.BooleanOptionalAction, default=None,
+                        help="run each segment of a long file through the model again on its own speech, "
                         "so its neighbours are out of the attention's context, as in per-utterance decoding "
-                        "(more accurate on a model trained on single utterances; about twice the model time)")
+                        "(default on the lightning backend, about 1.7x the model time; the onnx backend "
+                        "decodes the first pass)")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")
