@@ -192,3 +192,18 @@ def test_reencode_segments_through_the_cli(checkpoint, tmp_path, capsys):  # noq
         assert json.loads(out)["results"][0]["seconds"] == 9.0
     writer = DecodingWriter(lambda m: None, segmenting=SegmentConfig(0, 0), reencode=True)
     assert not writer.reencode  # without cuts the one segment would be the whole file
+
+
+def test_reencode_batches_keep_within_the_first_pass_budget():
+    """Segments longer than a window go in smaller batches: padded samples within
+    --max-samples-per-batch and attention (count x longest^2) within a batch of full windows."""
+    from kwav2vec.inference.predict import DecodingWriter
+
+    writer = DecodingWriter(lambda m: None, max_samples_per_batch=100)
+    writer._window = 25  # 4 windows a batch: attention budget 4 x 25^2 = 2500
+    assert writer._reencode_batches([10, 10, 10, 10, 10]) == [[0, 1, 2, 3, 4]]  # 50 samples, 500
+    assert writer._reencode_batches([60, 10, 40, 30]) == [[1, 3], [2], [0]]  # 2 x 40^2 > 2500; 60 alone
+    for lengths in ([5] * 30, [24, 26, 49, 50, 51, 99, 101]):
+        for batch in writer._reencode_batches(lengths):
+            longest = max(lengths[i] for i in batch)
+            assert len(batch) == 1 or (len(batch) * longest <= 100 and len(batch) * longest ** 2 <= 2500)

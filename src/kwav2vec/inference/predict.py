@@ -294,6 +294,7 @@ class DecodingWriter(pl.Callback):
         self.reencode = reencode and self.segmenting.min_pause > 0
         self.max_samples_per_batch = max_samples_per_batch
         self._module: pl.LightningModule | None = None
+        self._window = max_samples_per_batch  # samples a window reads (set from the datamodule)
         self._trainer: pl.Trainer | None = None
         self.segmenter: StreamSegmenter | None = None
         self._partial: dict[int, dict] = {}  # long file -> its decoded segments so far
@@ -313,6 +314,7 @@ class DecodingWriter(pl.Callback):
         datamodule = trainer.datamodule
         self._sources = {s.index: s for s in getattr(datamodule, "sources", [])}
         chunk = getattr(datamodule, "chunking", None)
+        self._window = chunk.chunk if chunk is not None else self.max_samples_per_batch
         self._sources_long = {i for i, s in self._sources.items() if chunk is not None and s.num_samples > chunk.chunk}
 
     def on_predict_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -404,11 +406,9 @@ class DecodingWriter(pl.Callback):
         spans = [self._speech_span(seg) for seg in segments]  # frames [lo, hi) of each segment
         audio = [read_block(self._sources[seg.index].path, (seg.start + lo) * stride, (hi - lo - 1) * stride + field)
                  for seg, (lo, hi) in zip(segments, spans, strict=True)]
-        lengths_all = np.array([len(a) for a in audio])
         new: dict[int, Segment] = {}
         device = self._module.device
-        for group in pack_batches(lengths_all, np.argsort(lengths_all, kind="stable"), self.max_samples_per_batch):
-            idx = [int(i) for i in group]
+        for idx in self._reencode_batches([len(a) for a in audio]):
             wav, lengths = pad_1d([audio[i] for i in idx], 0.0)
             with self._trainer.precision_plugin.forward_context():
                 log_probs, frames = self._module(wav.to(device), lengths.to(device))
@@ -422,6 +422,22 @@ class DecodingWriter(pl.Callback):
                 new[i] = Segment(seg.index, seg.start, lps, seg.last)
         self.results.forward_seconds += time.perf_counter() - started
         return [new[i] for i in range(len(segments))]
+
+    def _reencode_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Batches of segment positions, shortest first, each within the first pass's budget twice
+        over: padded samples (count x longest) <= --max-samples-per-batch, and attention cost
+        (count x longest^2) <= that of a batch of full windows, since a segment (up to
+        --max-segment-seconds) may be longer than a window and attention grows with its square."""
+        windows = max(1, self.max_samples_per_batch // max(1, self._window))
+        attention_budget = windows * self._window ** 2
+        batches: list[list[int]] = []
+        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+            n = len(batches[-1]) + 1 if batches else 0
+            if batches and n * lengths[i] <= self.max_samples_per_batch and n * lengths[i] ** 2 <= attention_budget:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
 
     def _speech_span(self, seg: Segment) -> tuple[int, int]:
         """Frames [lo, hi) of `seg` from its first non-blank best label (any head) minus
@@ -613,7 +629,7 @@ def run_prediction(
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
     check_geometry(model)
     writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args),
-                            reencode=getattr(args, "reencode_segments", None) is not False,
+                            reencode=bool(getattr(args, "reencode_segments", None)),
                             max_samples_per_batch=args.max_samples_per_batch)
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
@@ -673,8 +689,8 @@ def add_batching_arguments(parser) -> None:
     parser.add_argument("--reencode-segments", action=argparse.BooleanOptionalAction, default=None,
                         help="run each segment of a long file through the model again on its own speech, "
                         "so its neighbours are out of the attention's context, as in per-utterance decoding "
-                        "(default on the lightning backend, about 1.7x the model time; the onnx backend "
-                        "decodes the first pass)")
+                        "(lightning backend; about 1.8x the model time, and memory that grows with the "
+                        "file's length, see the README; the onnx backend decodes the first pass)")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")
