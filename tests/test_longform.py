@@ -207,3 +207,21 @@ def test_reencode_batches_keep_within_the_first_pass_budget():
         for batch in writer._reencode_batches(lengths):
             longest = max(lengths[i] for i in batch)
             assert len(batch) == 1 or (len(batch) * longest <= 100 and len(batch) * longest ** 2 <= 2500)
+
+
+def test_joint_times_come_from_the_grapheme_alignment_with_syllables_from_jamo_runs():
+    """A joint text is aligned on the grapheme head; each syllable spans its jamo's runs."""
+    from kwav2vec.inference.timestamps import word_times
+
+    graphemes = Vocabulary.grapheme()
+    syllables = Vocabulary.syllables_from_texts(["안녕 하세요"])
+    ids = graphemes.encode("안녕")  # 6 jamo
+    b = graphemes.blank_id
+    path = [b, ids[0], ids[0], ids[1], ids[2], b, ids[3], ids[4], ids[5], ids[5], b, b]  # frames 0-11
+    lp = torch.full((len(path), len(graphemes)), -20.0)
+    lp[torch.arange(len(path)), torch.tensor(path)] = 0.0
+    words, source = word_times("joint-rescore", "안녕", {"grapheme": lp.log_softmax(-1), "syllable": None},
+                               {"grapheme": graphemes, "syllable": syllables})
+    assert source == "grapheme alignment"
+    assert words == [{"word": "안녕", "start": 0.02, "end": 0.2,
+                      "syllables": [{"text": "안", "start": 0.02, "end": 0.1}, {"text": "녕", "start": 0.12, "end": 0.2}]}]
