@@ -199,3 +199,11 @@ def test_rank_and_world_size_come_from_torch_distributed(tmp_path):
     for r in range(2):
         expected[r].set_epoch(1)
         assert got[r][3:].tolist() == [i for b in expected[r] for i in b]
+
+
+def test_pack_batches_can_bound_the_squared_length_too():
+    lengths = np.array([10, 10, 30, 30, 30])
+    order = np.arange(5)
+    assert [b.tolist() for b in pack_batches(lengths, order, 1000)] == [[0, 1, 2, 3, 4]]
+    # at most two 30s (2 x 900 <= 2000 < 3 x 900); padded samples alone would allow all five
+    assert [b.tolist() for b in pack_batches(lengths, order, 1000, max_squared=2000)] == [[0, 1], [2, 3], [4]]

@@ -51,17 +51,20 @@ def distributed_rank_and_size(rank: int | None = None, world_size: int | None = 
 
 
 def pack_batches(
-    lengths: np.ndarray, order: np.ndarray, max_samples_per_batch: int, max_batch_size: int | None = None
+    lengths: np.ndarray, order: np.ndarray, max_samples_per_batch: int, max_batch_size: int | None = None,
+    max_squared: int | None = None,
 ) -> list[np.ndarray]:
     """Greedy packing of `order` into batches whose padded size (count x longest) stays within
-    `max_samples_per_batch`. An utterance longer than the budget gets a batch of its own."""
+    `max_samples_per_batch` and, when given, count x longest^2 (what attention costs) within
+    `max_squared`. An utterance over a budget gets a batch of its own."""
     batches: list[np.ndarray] = []
     start, longest = 0, 0
     for pos, idx in enumerate(order):
         n = pos - start
         new_longest = max(longest, int(lengths[idx]))
         full = max_batch_size is not None and n >= max_batch_size
-        if n and (full or new_longest * (n + 1) > max_samples_per_batch):
+        squared = max_squared is not None and (n + 1) * new_longest ** 2 > max_squared
+        if n and (full or squared or new_longest * (n + 1) > max_samples_per_batch):
             batches.append(order[start:pos])
             start, new_longest = pos, int(lengths[idx])
         longest = new_longest

@@ -429,15 +429,9 @@ class DecodingWriter(pl.Callback):
         (count x longest^2) <= that of a batch of full windows, since a segment (up to
         --max-segment-seconds) may be longer than a window and attention grows with its square."""
         windows = max(1, self.max_samples_per_batch // max(1, self._window))
-        attention_budget = windows * self._window ** 2
-        batches: list[list[int]] = []
-        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-            n = len(batches[-1]) + 1 if batches else 0
-            if batches and n * lengths[i] <= self.max_samples_per_batch and n * lengths[i] ** 2 <= attention_budget:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        return batches
+        n = np.array(lengths, dtype=np.int64)
+        return [b.tolist() for b in pack_batches(n, np.argsort(n, kind="stable"), self.max_samples_per_batch,
+                                                 max_squared=windows * self._window ** 2)]
 
     def _speech_span(self, seg: Segment) -> tuple[int, int]:
         """Frames [lo, hi) of `seg` from its first non-blank best label (any head) minus

@@ -135,11 +135,8 @@ class EvaluationSteps:
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def on_test_epoch_start(self) -> None:
-        self._counts = EpochCounts(self.heads_used)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
+    on_test_epoch_start = on_validation_epoch_start  # the test loop counts as validation does
+    test_step = validation_step
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
