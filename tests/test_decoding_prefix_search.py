@@ -142,6 +142,24 @@ def test_batched_equals_per_utterance_and_padding_is_never_read() -> None:
         assert (batch.alignment[b, :, row.shape[0] :] == -1).all()  # padded frames carry no label
 
 
+def test_batches_wider_than_the_merge_key_are_searched_in_parts(monkeypatch) -> None:
+    # The utterance index has 12 bits of the merge key; larger batches are split. Shrink the limit
+    # so a 5-utterance batch is searched in parts of 2, 2 and 1, and compare with one pass.
+    from kwav2vec.decoding import prefix_search
+
+    grapheme, _ = vocabularies()
+    gen = torch.Generator().manual_seed(5)
+    rows = [random_log_probs(gen, t, len(grapheme)) for t in (9, 21, 4, 15, 0)]
+    beam = dict(beam_width=8, blank_id=grapheme.blank_id, space_id=grapheme.word_boundary_id)
+    whole = ctc_prefix_beam_search(*pad_batch(rows), **beam)
+    monkeypatch.setattr(prefix_search, "MAX_ROWS", 2)
+    parts = ctc_prefix_beam_search(*pad_batch(rows), **beam)
+    assert parts.scores.shape == whole.scores.shape and parts.tokens.shape == whole.tokens.shape
+    torch.testing.assert_close(parts.scores, whole.scores)
+    assert torch.equal(parts.alignment, whole.alignment) and torch.equal(parts.counts, whole.counts)
+    assert parts.token_lists() == whole.token_lists()
+
+
 def test_alignment_is_a_best_path_of_its_hypothesis() -> None:
     grapheme, _ = vocabularies()
     gen = torch.Generator().manual_seed(2)

@@ -14,15 +14,19 @@ What is matched (pyctcdecode 0.5 `BeamSearchDecoderCTC._decode_logits`, no LM, n
   below the frame's best dropped; the best `beam_width` kept. The same pruning and trimming after
   the final merge. Log-probs are re-normalised (log-softmax) and clipped at log(1e-15) first.
 
-How it is vectorised: every frame is a handful of tensor ops over (utterances, beams, tokens).
-Prefixes are identified by two incremental polynomial hashes modulo primes below 2^31 (products
-stay inside int64), so a (prefix, flag) key is one int64 and equal keys are merged by sorting each
-utterance's candidates and reducing runs with scatter (amax, then a sum of exponentials). Each
-merged beam also keeps its best single path (Viterbi within the beam) and a back-pointer, so every
-hypothesis comes with the frame alignment of its best path; its labels are that path collapsed.
-Utterances are processed longest first so that at frame t only the still-running ones are touched:
-padding frames are never read (they may hold anything, NaN included). The tokens per frame and the
-live beams are shrunk to the batch's maximum each frame (one host sync per frame).
+How it is vectorised: every frame is a fixed handful of tensor ops over one flat list of the
+whole batch's candidates (each live beam extended by each token its own utterance keeps at that
+frame, so nothing is padded to the batch's widest row). Prefixes are identified by two incremental
+polynomial hashes modulo primes below 2^25; a candidate's merge key is one int64 (utterance,
+both hashes, label-ended flag), so a single sort groups the candidates by utterance and brings
+equal keys together, and runs of equal keys are reduced with scatter (amax, then a sum of
+exponentials). Pruning and the `beam_width` best are per utterance (a stable sort by score, then
+by utterance, only when some utterance has more than `beam_width`). Each merged beam also keeps
+its best single path (Viterbi within the beam) and a back-pointer, so every hypothesis comes with
+the frame alignment of its best path; its labels are that path collapsed. Utterances are
+processed longest first and their beams stay grouped by utterance, so at frame t only the
+still-running ones are touched: padding frames are never read (they may hold anything, NaN
+included). Batches of more than MAX_ROWS utterances are searched in parts.
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ from kwav2vec.decoding.scoring import check_emissions
 
 NEG_INF = float("-inf")
 LOG_CLIP = math.log(1e-15)  # pyctcdecode's MIN_TOKEN_CLIP_P
-PRIMES = (2_147_483_647, 2_147_483_629)  # < 2^31: hash * base stays below 2^62
+# A merge key is one int64: utterance (12 bits) | hash 1 (25) | hash 2 (25) | label-ended (1);
+# hash * base stays below 2^56.
+HASH_BITS = 25
+PRIMES = (33_554_393, 33_554_383)
 BASES = (1_000_003, 911_382_323)
-HASH_BITS = 31
+ROW_SHIFT = 2 * HASH_BITS + 1
+MAX_ROWS = 1 << (63 - ROW_SHIFT)  # utterances per pass; larger batches are searched in parts
 
 
 @dataclass(frozen=True)
@@ -62,70 +70,83 @@ class NBest:
 
 
 def _merge(
-    keys: Tensor, scores: Tensor, vscores: Tensor, limit: int, prune: float, *, ranked: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge equal keys per row, prune, keep the best `limit`.
+    key: Tensor, scores: Tensor, rows: int, limit: int, prune: float, *, ranked: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Merge equal keys, prune, keep each row's best `limit`, over a flat list of candidates.
 
-    keys, scores, vscores: (R, N) candidate keys, summed-path scores, best-path scores.
-    Returns (R, K) merged scores (-inf where absent; best first if `ranked` or if more than
-    `limit` had to be chosen), their best-path scores, and the index (into N) of the candidate
-    that carries each merged beam's best path. K is as small as the row with most beams allows.
+    key: (N,) merge keys (the row in the top bits, see ROW_SHIFT); scores: (2, N) summed-path and
+    best-path scores; rows: how many rows there are. Returns, for the merged beams kept, grouped
+    by row (ascending) and, if `ranked`, best first within a row: the index of the candidate that
+    carries each one's best path (K,), their (2, K) scores, their rows (K,), and their rank within
+    the row (K,) if ranked (else None).
     """
-    R, N = keys.shape
-    device = keys.device
-    sorted_keys, perm = keys.sort(dim=1)
-    s = scores.gather(1, perm).reshape(-1)
-    v = vscores.gather(1, perm).reshape(-1)
-    head = torch.ones(R, N, dtype=torch.bool, device=device)
-    head[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
-    segment = (head.cumsum(1) - 1 + torch.arange(R, device=device)[:, None] * N).reshape(-1)  # (R·N,)
-    peak = torch.full((R * N,), NEG_INF, dtype=s.dtype, device=device).scatter_reduce(0, segment, s, "amax")
-    safe = peak.clamp_min(torch.finfo(s.dtype).min)  # empty segments: no -inf - -inf
-    total = torch.zeros_like(peak).scatter_add_(0, segment, (s - safe[segment]).exp())
-    merged = (total.log() + safe).view(R, N)  # empty segments: log 0 = -inf
-    best_path = torch.full_like(peak, NEG_INF).scatter_reduce(0, segment, v, "amax")
-    position = torch.arange(R * N, device=device)
-    carrier = torch.full((R * N,), R * N, dtype=torch.long, device=device).scatter_reduce(
-        0, segment, torch.where(v == best_path[segment], position, R * N), "amin"
+    N = key.shape[0]
+    device = key.device
+    # index_select rather than x[index] throughout: a third of the cost on small CPU tensors.
+    sorted_key, perm = key.sort()
+    s, v = scores.index_select(1, perm).unbind(0)
+    head = torch.ones(N, dtype=torch.bool, device=device)
+    torch.ne(sorted_key[1:], sorted_key[:-1], out=head[1:])
+    segment = head.cumsum(0) - 1
+    starts = head.nonzero()[:, 0]
+    S = starts.shape[0]
+    peak = s.new_full((S,), NEG_INF).scatter_reduce_(0, segment, s, "amax")
+    summed = s.new_zeros(S).scatter_add_(0, segment, (s - peak.index_select(0, segment)).exp_())
+    merged = summed.log_().add_(peak)
+    best_path = s.new_full((S,), NEG_INF).scatter_reduce_(0, segment, v, "amax")
+    carrier = torch.full((S,), N, dtype=torch.long, device=device).scatter_reduce_(
+        0, segment, torch.where(v == best_path.index_select(0, segment), torch.arange(N, device=device), N), "amin"
     )
+    row = sorted_key.index_select(0, starts) >> ROW_SHIFT  # (S,) ascending
     if prune > NEG_INF:
-        merged = merged.masked_fill(merged < merged.amax(1, keepdim=True) + prune, NEG_INF)
-    segments = int(head.sum(1).max())  # merged beams sit at the front of each row
-    if segments <= limit and not ranked:  # everything fits: no ranking (order only matters at the end)
-        top, index = merged[:, :segments], torch.arange(segments, device=device).expand(R, segments)
+        row_best = merged.new_full((rows,), NEG_INF).scatter_reduce_(0, row, merged, "amax")
+        kept = (merged >= row_best.index_select(0, row) + prune).nonzero()[:, 0]
     else:
-        top, index = merged.topk(min(limit, N), dim=1)
-        live = max(int((top > NEG_INF).sum(1).max()), 1)
-        top, index = top[:, :live], index[:, :live]
-    carrier = carrier.view(R, N).gather(1, index).clamp_max(R * N - 1) % N
-    return top, best_path.view(R, N).gather(1, index), perm.gather(1, carrier)
+        kept = torch.arange(S, device=device)
+    rank = None
+    kept_row = row.index_select(0, kept)
+    counts = torch.bincount(kept_row, minlength=rows)
+    if ranked or int(counts.max()) > limit:
+        kept = kept.index_select(0, _by_row_then_score(kept_row, merged.index_select(0, kept)))
+        kept_row = row.index_select(0, kept)
+        rank = torch.arange(kept.shape[0], device=device) - (counts.cumsum(0) - counts).index_select(0, kept_row)
+        top = (rank < limit).nonzero()[:, 0]
+        kept, kept_row, rank = kept.index_select(0, top), kept_row.index_select(0, top), rank.index_select(0, top)
+    kept_scores = torch.stack((merged.index_select(0, kept), best_path.index_select(0, kept)))
+    return perm.index_select(0, carrier.index_select(0, kept)), kept_scores, kept_row, rank
 
 
-def _compact(keep: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """The kept entries of each row of (..., T), moved to the front: (..., L) padded with -1, and counts."""
-    lengths = keep.sum(-1)
+def _by_row_then_score(row: Tensor, score: Tensor) -> Tensor:
+    """The order that sorts (N,) entries by row (ascending), then by score (descending); ties keep
+    their order. float32 scores <= 0 make one sort: -score + 0.0 (no -0) is a non-negative float,
+    whose bits as an int32 sort as the float does, below the row's bits in one int64."""
+    if score.dtype == torch.float32 and row.numel() and bool(score.max() <= 0):
+        bits = (score.neg() + 0.0).view(torch.int32).long()
+        return ((row << 32) | bits).argsort(stable=True)
+    order = score.argsort(descending=True, stable=True)
+    return order.index_select(0, row.index_select(0, order).argsort(stable=True))
+
+
+def _labels(alignment: Tensor, appended: Tensor, space_id: int | None) -> tuple[Tensor, Tensor]:
+    """Label ids of the hypotheses, (B, N, L) padded with -1, and lengths (B, N): the labels their best
+    paths (B, N, T) append to the prefix at the frames marked in `appended` (B, N, T), without a
+    trailing space (pyctcdecode's text rules; no leading space or space after a space is ever
+    appended)."""
+    B, N, T = alignment.shape
+    where = appended.view(B * N, T).nonzero()  # (K, 2) hypothesis-major, frames ascending
+    hypothesis = where[:, 0]
+    lengths = torch.bincount(hypothesis, minlength=B * N)
+    position = torch.arange(where.shape[0], device=alignment.device) - (lengths.cumsum(0) - lengths)[hypothesis]
+    labels = alignment.view(B * N, T)[hypothesis, where[:, 1]]
     L = int(lengths.max()) if lengths.numel() else 0
-    slot = torch.where(keep, keep.cumsum(-1) - 1, L)  # dropped entries go to a spare column
-    out = torch.full((*values.shape[:-1], L + 1), -1, dtype=torch.long, device=values.device)
-    out.scatter_(-1, slot, torch.where(keep, values, -1))
-    return out[..., :L], lengths
-
-
-def _collapse(alignment: Tensor, blank_id: int, space_id: int | None) -> tuple[Tensor, Tensor]:
-    """Labels of best paths (B, N, T) -> (B, N, L) ids padded with -1, and lengths (B, N).
-
-    CTC collapse (repeats merged, blanks and padding dropped), then pyctcdecode's text rules on
-    the collapsed labels: no leading or trailing space, no space after a space.
-    """
-    previous = torch.nn.functional.pad(alignment, (1, 0), value=-1)[..., :-1]
-    labels, lengths = _compact((alignment >= 0) & (alignment != blank_id) & (alignment != previous), alignment)
-    if space_id is None:
-        return labels, lengths
-    space = labels == space_id
-    word = (labels >= 0) & ~space
-    after_space = torch.nn.functional.pad(space, (1, 0), value=True)[..., :-1]  # the start counts as a space
-    word_later = word.flip(-1).cumsum(-1).flip(-1) > 0
-    return _compact(word | (space & ~after_space & word_later), labels)
+    out = torch.full((B * N, L), -1, dtype=torch.long, device=alignment.device)
+    out[hypothesis, position] = labels
+    if space_id is not None and L:
+        ends = out.gather(1, (lengths - 1).clamp_min(0)[:, None])[:, 0] == space_id
+        out[ends.nonzero()[:, 0], lengths[ends] - 1] = -1
+        lengths = lengths - ends.long()
+        L = int(lengths.max())
+    return out[:, :L].view(B, N, L), lengths.view(B, N)
 
 
 def ctc_prefix_beam_search(
@@ -149,10 +170,44 @@ def ctc_prefix_beam_search(
     check_emissions(log_probs, lengths)
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    keep_n = beam_width if nbest is None else min(nbest, beam_width)
+    options = dict(beam_width=beam_width, prune=beam_prune_logp, token_min_logp=token_min_logp, keep_n=keep_n,
+                   blank_id=blank_id, space_id=space_id)
+    B = log_probs.shape[0]
+    if B <= MAX_ROWS:
+        return _search(log_probs, lengths, **options)
+    # The utterance index must fit its bits of the merge key.
+    return _concatenate([_search(log_probs[i : i + MAX_ROWS], lengths[i : i + MAX_ROWS], **options)
+                         for i in range(0, B, MAX_ROWS)])
+
+
+def _concatenate(parts: list[NBest]) -> NBest:
+    """One NBest from those of consecutive parts of a batch (lists padded to the longest)."""
+    N = max(p.scores.shape[1] for p in parts)
+    L = max(p.tokens.shape[2] for p in parts)
+
+    def pad(x: Tensor, value: float, last: int | None = None) -> Tensor:
+        # (B, N) or (B, N, X) to (B, N_max[, last]): every part shares T, so only N and L grow.
+        widths = [0, N - x.shape[1]] if x.dim() == 2 else [0, (last or x.shape[2]) - x.shape[2], 0, N - x.shape[1]]
+        return torch.nn.functional.pad(x, widths, value=value)
+
+    return NBest(
+        scores=torch.cat([pad(p.scores, NEG_INF) for p in parts]),
+        tokens=torch.cat([pad(p.tokens, -1, L) for p in parts]),
+        token_lengths=torch.cat([pad(p.token_lengths, 0) for p in parts]),
+        alignment=torch.cat([pad(p.alignment, -1) for p in parts]),
+        counts=torch.cat([p.counts for p in parts]),
+    )
+
+
+def _search(
+    log_probs: Tensor, lengths: Tensor, *, beam_width: int, prune: float, token_min_logp: float, keep_n: int,
+    blank_id: int, space_id: int | None,
+) -> NBest:
+    """`ctc_prefix_beam_search` of at most MAX_ROWS utterances."""
     B, T, V = log_probs.shape
     device = log_probs.device
     dtype = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
-    keep_n = beam_width if nbest is None else min(nbest, beam_width)
     lengths = lengths.to(device=device, dtype=torch.long)
     if B == 0:
         empty = torch.zeros(0, keep_n, dtype=torch.long, device=device)
@@ -163,101 +218,104 @@ def ctc_prefix_beam_search(
     with torch.inference_mode():
         order = torch.argsort(lengths, descending=True, stable=True)
         frames = lengths[order].tolist()  # descending
-        valid = torch.arange(T, device=device)[None, :] < lengths[order][:, None]  # (B, T), sorted rows
-        lp = torch.where(valid[..., None], log_probs.detach()[order].to(dtype), 0.0)
-        lp = lp.log_softmax(-1).clamp_min(LOG_CLIP)
-        # Tokens per frame: those above token_min_logp plus the argmax (the top-1 of topk).
-        count = ((lp >= token_min_logp).sum(-1).clamp_min(1) * valid).amax(0)  # (T,)
-        width = count.tolist()
-        values, tokens = lp.topk(max(width, default=1), dim=-1)  # (B, T, M), best first
-        values = torch.where(
-            (values >= token_min_logp) | (torch.arange(values.shape[-1], device=device) == 0), values, NEG_INF
-        )
+        lp = log_probs.detach().to(dtype).log_softmax(-1).clamp_min(LOG_CLIP)
+        # Tokens per (utterance, frame): those above token_min_logp plus the argmax, as one flat
+        # list (frame-major, token ids ascending within a frame); frame (b, t) owns entries
+        # start[b, t] .. start[b, t] + width[b, t] - 1. Padding frames get entries too (whatever
+        # they hold, NaN included) but are never read.
+        valid = torch.arange(T, device=device)[None, :, None] < lengths[:, None, None]  # (B, T, 1)
+        keep = (lp >= token_min_logp).scatter_(-1, lp.argmax(-1, keepdim=True), True) & valid
+        entries = keep.view(-1).nonzero()[:, 0]
+        token_of, value_of = entries % V, lp.view(-1)[entries]
+        width = torch.bincount(entries // V, minlength=B * T)
+        # Frame-major, rows sorted by length from here on: (T, B).
+        start = (width.cumsum(0) - width).view(B, T)[order].t().contiguous()
+        width = width.view(B, T)[order].t().contiguous()
+        del lp, keep, valid
+        primes = torch.tensor(PRIMES, device=device)[:, None]
+        bases = torch.tensor(BASES, device=device)[:, None]
 
         def rows(t: int) -> int:  # utterances with more than t frames (a prefix: sorted descending)
             return B - bisect.bisect_right(frames[::-1], t)
 
-        # Beam state, (rows, K): summed and best-path scores, prefix hashes (full, and without a
-        # trailing space, for the final merge), last emitted label (blank id after a blank), last
+        # The beams of every running utterance in one list, grouped by row (ascending): row, (2, K)
+        # summed and best-path scores, (2, K) prefix hashes, (2, K) hashes of the prefix without a
+        # trailing space (the final merge's), last emitted label (blank id after a blank), last
         # label of the prefix (-1: empty).
-        score = torch.zeros(B, 1, dtype=dtype, device=device)
-        vscore = torch.zeros_like(score)
-        h1, h2, n1, n2 = (torch.zeros(B, 1, dtype=torch.long, device=device) for _ in range(4))
-        last = torch.full((B, 1), blank_id, dtype=torch.long, device=device)
-        tail = torch.full((B, 1), -1, dtype=torch.long, device=device)
-        parents: list[Tensor] = []  # per frame (rows_t, K_t): beam index at frame t-1
-        emitted: list[Tensor] = []  # per frame (rows_t, K_t): label or blank emitted at frame t
-        finals: list[tuple[int, Tensor, Tensor]] = []  # (first row, final scores, beam index at last frame)
+        row = torch.arange(B, device=device)
+        score = torch.zeros(2, B, dtype=dtype, device=device)
+        full = torch.zeros(2, B, dtype=torch.long, device=device)
+        trimmed = torch.zeros_like(full)
+        last = torch.full((B,), blank_id, dtype=torch.long, device=device)
+        tail = torch.full((B,), -1, dtype=torch.long, device=device)
+        parents: list[Tensor] = []  # per frame (K_t,): each beam's parent in frame t-1's list
+        emitted: list[Tensor] = []  # per frame (K_t,): the label (or blank) each beam emitted at frame t
+        appended: list[Tensor] = []  # per frame (K_t,): whether that label extended the prefix
+        scores = torch.full((B, keep_n), NEG_INF, dtype=dtype, device=device)
+        pointer = torch.zeros(B, keep_n, dtype=torch.long, device=device)  # into the last frame's list
 
-        def finish(start: int, stop: int) -> None:
+        def finish(first: int) -> None:
             # pyctcdecode's end of utterance: merge beams by text (trailing space and flag ignored).
-            key = (n1[start:stop] << HASH_BITS) | n2[start:stop]
-            top, _, beam = _merge(
-                key, score[start:stop], vscore[start:stop], beam_width, beam_prune_logp, ranked=True
-            )
-            finals.append((start, top[:, :keep_n], beam[:, :keep_n]))
+            key = (row[first:] << ROW_SHIFT) | (trimmed[0, first:] << (HASH_BITS + 1)) | (trimmed[1, first:] << 1)
+            beam, top, r, rank = _merge(key, score[:, first:], B, keep_n, prune, ranked=True)
+            scores[r, rank] = top[0]
+            pointer[r, rank] = beam + first
 
         active = B
-        for t in range(frames[0] if B else 0):
+        for t in range(frames[0]):
             n = rows(t)
-            if n < active:
-                finish(n, active)
-                score, vscore, h1, h2, n1, n2, last, tail = (
-                    x[:n] for x in (score, vscore, h1, h2, n1, n2, last, tail)
-                )
+            if n < active:  # rows n.. have ended: their beams are the end of the list
+                cut = int(torch.searchsorted(row, n))
+                finish(cut)
+                row, score, full, trimmed, last, tail = (x[..., :cut] for x in (row, score, full, trimmed, last, tail))
                 active = n
-            m, K = width[t], score.shape[1]
-            v, c = values[:n, t, :m], tokens[:n, t, :m]  # (n, m)
-            cand = c[:, None, :].expand(n, K, m)
-            stay = (cand == blank_id) | (cand == last[..., None])  # blank, or a repeat collapsed by CTC
+            # Candidates: each beam extended by each token its row keeps at frame t.
+            counts = width[t].index_select(0, row)
+            beam_of = torch.repeat_interleave(counts)  # (C,) the beam each candidate extends
+            first = start[t].index_select(0, row) - (counts.cumsum(0) - counts)  # per beam: entry - candidate
+            entry = torch.arange(beam_of.shape[0], device=device) + first.index_select(0, beam_of)
+            c, v = token_of.index_select(0, entry), value_of.index_select(0, entry)
+            stay = (c == blank_id) | (c == last.index_select(0, beam_of))  # blank, or a repeat collapsed by CTC
             if space_id is not None:  # a space at the start or after a space: the text is unchanged
-                stay |= (cand == space_id) & ((tail == -1) | (tail == space_id))[..., None]
-            e1 = torch.where(stay, h1[..., None], (h1[..., None] * BASES[0] + cand + 1) % PRIMES[0])
-            e2 = torch.where(stay, h2[..., None], (h2[..., None] * BASES[1] + cand + 1) % PRIMES[1])
-            key = ((e1 << HASH_BITS) | e2) << 1 | (cand != blank_id)  # (prefix, label-ended)
-            top, vtop, index = _merge(
-                key.view(n, -1),
-                (score[..., None] + v[:, None, :]).view(n, -1),
-                (vscore[..., None] + v[:, None, :]).view(n, -1),
-                beam_width,
-                beam_prune_logp,
-                ranked=False,
+                before = tail.index_select(0, beam_of)
+                stay |= (c == space_id) & ((before == -1) | (before == space_id))
+            h = full.index_select(1, beam_of)
+            h = torch.where(stay, h, (h * bases + (c + 1)) % primes)
+            key = (row.index_select(0, beam_of) << ROW_SHIFT) | (h[0] << (HASH_BITS + 1)) | (h[1] << 1) | (c != blank_id)
+            index, score, row, _ = _merge(
+                key, score.index_select(1, beam_of) + v, active, beam_width, prune, ranked=False
             )
-            parent, label = index // m, c.gather(1, index % m)
-            extended = ~stay.view(n, -1).gather(1, index)
-            if space_id is None:
-                no_trail1, no_trail2 = e1.view(n, -1).gather(1, index), e2.view(n, -1).gather(1, index)
-            else:  # the hash without a trailing space: the parent's full hash when a space was appended
-                after_space = extended & (label == space_id)
-                no_trail1 = torch.where(after_space, h1.gather(1, parent), e1.view(n, -1).gather(1, index))
-                no_trail2 = torch.where(after_space, h2.gather(1, parent), e2.view(n, -1).gather(1, index))
-                keep_old = ~extended
-                no_trail1 = torch.where(keep_old, n1.gather(1, parent), no_trail1)
-                no_trail2 = torch.where(keep_old, n2.gather(1, parent), no_trail2)
-            h1, h2 = e1.view(n, -1).gather(1, index), e2.view(n, -1).gather(1, index)
-            n1, n2 = no_trail1, no_trail2
-            tail = torch.where(extended, label, tail.gather(1, parent))
-            score, vscore, last = top, vtop, label
+            parent, label = beam_of.index_select(0, index), c.index_select(0, index)
+            extended = ~stay.index_select(0, index)
+            h = h.index_select(1, index)
+            if space_id is not None:  # after an appended space, the hash without it is the parent's full hash
+                h_trimmed = torch.where(extended & (label == space_id), full.index_select(1, parent), h)
+            else:
+                h_trimmed = h
+            trimmed = torch.where(extended, h_trimmed, trimmed.index_select(1, parent))
+            full = h
+            tail = torch.where(extended, label, tail.index_select(0, parent))
+            last = label
             parents.append(parent)
             emitted.append(label)
-        finish(0, active)
+            appended.append(extended)
+        finish(0)
 
-        # Final lists (rows sorted by length), then back-pointers from each utterance's last frame.
-        N = max(f[1].shape[1] for f in finals) if finals else keep_n
-        scores = torch.full((B, N), NEG_INF, dtype=dtype, device=device)
-        pointer = torch.zeros(B, N, dtype=torch.long, device=device)
-        for start, top, beam in finals:
-            scores[start : start + top.shape[0], : top.shape[1]] = top
-            pointer[start : start + top.shape[0], : top.shape[1]] = beam
-        alignment = torch.full((B, N, T), -1, dtype=torch.long, device=device)
-        for t in reversed(range(len(parents))):
-            n = parents[t].shape[0]
-            p = pointer[:n]
-            alignment[:n, :, t] = emitted[t].gather(1, p)
-            pointer[:n] = parents[t].gather(1, p)
+        # Back-pointers from each utterance's last frame (rows sorted by length).
         present = scores > NEG_INF
+        N = max(int(present.sum(1).max()), 1)
+        scores, pointer, present = scores[:, :N], pointer[:, :N].contiguous(), present[:, :N]
+        alignment = torch.full((B, N, T), -1, dtype=torch.long, device=device)
+        extensions = torch.zeros(B, N, T, dtype=torch.bool, device=device)
+        for t in reversed(range(len(parents))):
+            n = rows(t)
+            p = pointer[:n]
+            alignment[:n, :, t] = emitted[t].take(p)
+            extensions[:n, :, t] = appended[t].take(p)
+            pointer[:n] = parents[t].take(p)
         alignment.masked_fill_(~present[..., None], -1)
-        tokens_out, token_lengths = _collapse(alignment, blank_id, space_id)
+        extensions &= present[..., None]
+        tokens_out, token_lengths = _labels(alignment, extensions, space_id)
         inverse = torch.argsort(order)
         return NBest(
             scores=scores[inverse],
