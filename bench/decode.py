@@ -32,7 +32,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from kwav2vec.data.audio import SAMPLE_RATE  # noqa: E402
 from kwav2vec.data.manifest import read_manifest  # noqa: E402
 from kwav2vec.decoding import MultiDecoder  # noqa: E402
-from kwav2vec.inference.predict import PredictDataset, Source, collate_predict, load_finetuner, shard_batches  # noqa: E402
+from kwav2vec.inference.predict import (  # noqa: E402
+    DEFAULT_MAX_SAMPLES_PER_BATCH,
+    PredictDataset,
+    Source,
+    collate_predict,
+    load_finetuner,
+    shard_batches,
+)
 from kwav2vec.metrics import cer  # noqa: E402
 from kwav2vec.text.vocab import Vocabulary  # noqa: E402
 
@@ -84,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", default=str(DEMO_TEST), help="labelled manifest (default: the demo's test split)")
     parser.add_argument("--beam-width", type=int, default=100, help="beam width of every search (default 100, as K-wav2vec)")
     parser.add_argument("--syllable-weight", type=float, default=0.5, help="joint decoders' w / λ (default 0.5)")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default 16)")
-    parser.add_argument("--max-samples-per-batch", type=int, default=1_600_000)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="utterances per batch (default: as `kwav2vec evaluate`, no cap beyond "
+                             "--max-samples-per-batch; synthetic: 32)")
+    parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
+                        help=f"padded samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, as `kwav2vec evaluate`)")
     parser.add_argument("--repeats", type=int, default=1, help="timing runs per decoder, the best is kept (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: comparable on a shared machine)")
     parser.add_argument("--synthetic", action="store_true", help="model-like outputs instead of a checkpoint's")
@@ -116,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     batches, refs, audio_seconds = model_outputs(model, Path(args.manifest), args.max_samples_per_batch, args.batch_size)
     forward = time.perf_counter() - start
     n = len(refs)
-    print(f"{args.checkpoint}\n{args.manifest}: {n} utterances, {audio_seconds:.1f} s of audio; forward pass "
+    sizes = "/".join(str(len(b[3])) for b in batches)
+    print(f"{args.checkpoint}\n{args.manifest}: {n} utterances in batches of {sizes}, {audio_seconds:.1f} s of audio; forward pass "
           f"{forward:.1f} s (RTF {forward / audio_seconds:.3f}); beam width {args.beam_width}, "
           f"w/λ {args.syllable_weight}, {args.threads} torch thread(s), best of {args.repeats}\n")
 
@@ -184,6 +195,7 @@ def report(gv, sv, batches: list[tuple], refs: list[str], audio_seconds: float, 
 def synthetic(args) -> int:
     """Model-like peaky and flat outputs of both heads for the demo's test transcripts (bench/_emissions.py)."""
     entries = read_manifest(Path(args.manifest), require_norm=True)[: args.utterances]
+    args.batch_size = args.batch_size or 32
     gv = Vocabulary.load(ROOT / "data" / "demo" / "vocab_grapheme.json")
     sv = Vocabulary.load(ROOT / "data" / "demo" / "vocab_syllable.json")
     refs = [e.norm for e in entries]

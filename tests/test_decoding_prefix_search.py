@@ -66,6 +66,25 @@ def test_hand_made_peaky_nbest_lists_equal_pyctcdecode(peak: float) -> None:
     assert grapheme_best == TEXTS  # the grapheme head spells 뷁 the syllable vocabulary lacks
 
 
+def test_silences_of_the_whole_batch_equal_pyctcdecode() -> None:
+    # Confident blanks in every row at once (leading, inner and trailing silence) take the search's
+    # blank-only shortcut; the n-best lists must still be pyctcdecode's.
+    grapheme, syllable = vocabularies()
+    gen = torch.Generator().manual_seed(4)
+    for vocab, which in ((grapheme, 0), (syllable, 1)):
+        rows = []
+        for text in TEXTS:
+            path = list(aligned_paths(text, grapheme, syllable)[which])
+            half = len(path) // 2
+            path = [BLANK] * 6 + path[:half] + [BLANK] * 8 + path[half:] + [BLANK] * 5
+            rows.append(jittered(path, len(vocab), 0.99, gen))
+        log_probs, lengths = pad_batch(rows)
+        blank_only = ((log_probs >= -5).sum(-1) == 1) & (log_probs[..., BLANK] >= -5)
+        assert blank_only[:, :6].all()  # frames of the shortcut exist (the leading silence of every row)
+        ref, out = both(vocab, log_probs, lengths, BeamSearchConfig(beam_width=16))
+        assert_same_nbest(ref, out)
+
+
 def demo_texts(n: int) -> tuple[list[str], Vocabulary, Vocabulary]:
     lines = (REPO / "data" / "demo" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]
     grapheme = Vocabulary.load(REPO / "data" / "demo" / "vocab_grapheme.json")

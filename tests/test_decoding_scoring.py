@@ -117,3 +117,52 @@ def test_errors_name_the_shapes() -> None:
         ctc_log_likelihood(torch.zeros(1, 5, 3), torch.tensor([5]), [[[1, 3]]])
     with pytest.raises(ValueError, match="one candidate list per utterance"):
         ctc_log_likelihood(torch.zeros(2, 5, 3), torch.tensor([5, 5]), [[[1]]])
+
+
+def near_best(lp: torch.Tensor) -> list[list[int]]:
+    """The best path's labels and variants with one label dropped or changed: an n-best list's kind."""
+    ids = lp.argmax(-1).tolist()
+    best = [c for i, c in enumerate(ids) if c != 0 and (i == 0 or c != ids[i - 1])]
+    out = [best]
+    for i in range(0, len(best), max(len(best) // 8, 1)):
+        out += [best[:i] + best[i + 1 :], best[:i] + [best[i] % 11 + 1] + best[i + 1 :]]
+    return out
+
+
+def test_scaled_probabilities_equal_the_log_domain_pass_on_long_peaky_outputs(monkeypatch) -> None:
+    # Long (T = 300) and very peaky rows make the states of one trie span thousands of nats: the
+    # per-trie scaling must keep every candidate near the top exact, and the rest finite.
+    g = torch.Generator().manual_seed(3)
+    rows = [random_log_probs(g, T, 12, sharpness=12.0) for T in (300, 180, 1)]
+    nested = [candidates_for(g, 12, r.shape[0]) + near_best(r) for r in rows]
+    first = [0, *torch.tensor([len(c) for c in nested]).cumsum(0).tolist()]
+    near = {first[b + 1] - 1 - i for b, r in enumerate(rows) for i in range(len(near_best(r)))}  # head 0's
+    log_probs, lengths = pad_batch(rows)
+    heads = [(log_probs, lengths, nested, 0), (log_probs[:, :, :7].log_softmax(-1), lengths, [
+        [[c % 6 + 1 for c in cand] for cand in cands] for cands in nested], 0)]
+    from kwav2vec.decoding import scoring
+
+    rescored: list[int] = []
+    in_log_space = scoring._in_log_space
+    monkeypatch.setattr(scoring, "_in_log_space", lambda h, p: (rescored.extend(p), in_log_space(h, p))[1])
+    scaled = ctc_log_likelihood_heads(heads)
+    exact = ctc_log_likelihood_heads(heads, log_domain=True)
+    # The n-best-like candidates come from the scaled pass, the far-off random ones from log space.
+    assert rescored and not near & set(rescored)
+    for a, b in zip(scaled, exact, strict=True):
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-4)
+    spread = exact[0][torch.isfinite(exact[0])]
+    assert float(spread.max() - spread.min()) > 1000  # the test spans more than float64's 708 nats
+
+
+def test_a_candidate_that_underflows_every_path_is_rescored_in_log_space() -> None:
+    # Frames that say "1" with certainty: the candidate [2] * 10 is ~ 10 x 300 nats below [1]; in
+    # the scaled pass every one of its paths underflows, and the result must still be exact.
+    lp = torch.full((20, 4), -300.0, dtype=torch.float64)
+    lp[:, 1] = 0.0
+    lp = lp.log_softmax(-1)
+    nested = [[[1], [2] * 10, [2, 3] * 5, [1, 2]]]
+    got = ctc_log_likelihood(lp[None], torch.tensor([20]), nested)
+    assert torch.isfinite(got).all() and float(got[1]) < -2000
+    torch.testing.assert_close(got, one_by_one([lp], nested))

@@ -216,8 +216,9 @@ class MultiDecoder(PoolOwner):
                 if isinstance(searcher, BeamSearchDecoder):
                     raw = run_searches(self.pool, searcher.jobs(log_probs[head], lengths, name=name))
                     nbest = [searcher.hypotheses(r) for r in raw]
-                else:
-                    nbest = searcher.nbest(log_probs[head], lengths, name=name)
+                else:  # text only for what is returned, unless a joint decoder needs every candidate
+                    joint = any(n.startswith("joint-") for n in self.names)
+                    nbest = searcher.nbest(log_probs[head], lengths, name=name, limit=None if joint else self.nbest)
                 searches[head] = (nbest, time.perf_counter() - start)
             return searches[head]
 

@@ -26,6 +26,7 @@ intra-op threading on a busy machine (4.7 s instead of 0.7 s with 2 threads unde
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,12 @@ from torch import Tensor
 
 NEG_INF = float("-inf")
 EMISSION_CHUNK = 16  # frames whose emissions are gathered in one op
+# _forward_probability: log of float64's smallest normal number, and the relative precision asked of
+# a candidate above the floor; past PROBABILITY_MAX_FRAMES (40 s) most candidates would fall below
+# the floor (-0.2 nats a frame is a weak model's), so the log-space pass is used from the start.
+LOG_TINY = math.log(2.2250738585072014e-308)
+LOG_PRECISION = math.log(1e-12)
+PROBABILITY_MAX_FRAMES = 2000
 
 
 def check_emissions(
@@ -134,6 +141,8 @@ class _Trie:
 
 def ctc_log_likelihood_heads(
     heads: Sequence[tuple[Tensor, Tensor, Sequence[Sequence[Sequence[int] | str]], int]],
+    *,
+    log_domain: bool = False,
 ) -> list[Tensor]:
     """log p(y | x) under CTC for the candidates of several heads in one computation.
 
@@ -141,7 +150,8 @@ def ctc_log_likelihood_heads(
     holds one list of label-id sequences per utterance (or of their keys, `Vocabulary.encode_key`).
     Heads may differ in B, T and V but must share a device. Returns one (N_h,) tensor per head (N_h = its number of candidates,
     utterance-major order), float32 (float64 for float64 input). Candidates CTC cannot emit in the
-    available frames (too many labels, or repeats needing blanks, for T) get -inf.
+    available frames (too many labels, or repeats needing blanks, for T) get -inf. Computed in
+    float64 on probabilities (`_forward_probability`), or all in log space if `log_domain`.
     """
     if not heads:
         return []
@@ -172,7 +182,7 @@ def ctc_log_likelihood_heads(
     parent, label = rank[per_node(trie.parent)[order]], per_node(trie.label)[order]
     is_root = label < 0
     # Skipping the blank between two labels is only allowed when they differ (CTC's repeat rule).
-    skip_penalty = torch.zeros(len(order), dtype=dtype, device=device)
+    skip_penalty = torch.zeros(len(order), dtype=torch.float64, device=device)
     skip_penalty.masked_fill_(is_root[parent] | (label[parent] == label), NEG_INF)
 
     # Emission table (frames, columns): one column per (head, utterance, label) some node uses,
@@ -185,12 +195,12 @@ def ctc_log_likelihood_heads(
     key_label = torch.where(is_root, key_blank, row * width + label)
     keys, column = torch.unique(torch.cat((key_label, key_blank)), return_inverse=True)
     max_frames = max(h[0].shape[1] for h in heads)
-    table = torch.zeros(max_frames, len(keys) + 1, dtype=dtype, device=device)
+    table = torch.zeros(max_frames, len(keys) + 1, dtype=torch.float64, device=device)
     table[:, -1] = NEG_INF
     for index, (log_probs, *_rest) in enumerate(heads):
         mine = torch.nonzero((keys >= first_row[index] * width) & (keys < first_row[index + 1] * width))[:, 0]
         b, c = (keys[mine] // width - first_row[index]), keys[mine] % width
-        table[: log_probs.shape[1], mine] = log_probs.detach()[b, :, c].to(dtype).t()
+        table[: log_probs.shape[1], mine] = log_probs.detach()[b, :, c].double().t()
     columns = torch.stack((torch.where(is_root, len(keys), column[: len(order)]), column[len(order) :]))
 
     # Each candidate's score is read right after its utterance's last frame.
@@ -200,35 +210,128 @@ def ctc_log_likelihood_heads(
     read_after: dict[int, list[int]] = {}
     for position, n in enumerate(end_frames):
         read_after.setdefault(n, []).append(position)
-    scores = torch.full((len(trie.end),), NEG_INF, dtype=dtype, device=device)
+    last = max(end_frames, default=0)
+    with torch.inference_mode():
+        if log_domain or max_frames > PROBABILITY_MAX_FRAMES:
+            scores = _forward_log(parent=parent, skip_penalty=skip_penalty, is_root=is_root, table=table,
+                                  columns=columns, reachable=reachable, end=end, read_after=read_after, last=last)
+        else:
+            # Insertion order, in which each candidate's new labels are consecutive nodes.
+            scores = _forward_probability(
+                parent=per_node(trie.parent), allowed=torch.isfinite(skip_penalty)[rank].double(),
+                is_root=is_root[rank], table=table, columns=columns[:, rank], end=per_node(trie.end),
+                read_after=read_after, last=last,
+            )
+            # See _forward_probability: below this floor a candidate may have lost paths to
+            # underflow (or CTC cannot emit it at all); those few are scored again in log space.
+            floor = LOG_TINY + math.log(2 * len(order) * max(last, 1)) - LOG_PRECISION
+            lost = (scores < floor).nonzero()[:, 0].tolist()
+            if lost:
+                scores[lost] = _in_log_space(heads, lost).to(scores.dtype)
+    return list(scores.to(dtype).split(counts))
 
+
+def _in_log_space(heads: Sequence[tuple[Tensor, Tensor, Sequence, int]], positions: list[int]) -> Tensor:
+    """`ctc_log_likelihood_heads` in log space for only the candidates at `positions` (ascending,
+    in the flat head-major, utterance-major order of the results), concatenated in that order."""
+    where = [(h, b, i) for h, (_, _, nested, _) in enumerate(heads) for b, cands in enumerate(nested)
+             for i in range(len(cands))]
+    subsets: list[list[list]] = [[[] for _ in nested] for _, _, nested, _ in heads]
+    for p in positions:
+        h, b, i = where[p]
+        subsets[h][b].append(heads[h][2][b][i])
+    parts = ctc_log_likelihood_heads(
+        [(lp, lengths, subset, blank) for (lp, lengths, _, blank), subset in zip(heads, subsets, strict=True)],
+        log_domain=True,
+    )
+    return torch.cat(parts)
+
+
+def _forward_log(
+    *, parent: Tensor, skip_penalty: Tensor, is_root: Tensor, table: Tensor, columns: Tensor,
+    reachable: list[int], end: Tensor, read_after: dict[int, list[int]], last: int,
+) -> Tensor:
+    """The trie's CTC forward pass in log space (float64): each candidate's log-likelihood, (N,)."""
+    scores = table.new_full((end.shape[0],), NEG_INF)
     # Row 0: label states, row 1: blank states. Before frame 0 only the empty prefix (a root's
     # blank) has probability 1. Frames past an utterance's end update its nodes with padding
     # emissions; harmless, as their scores were already read and other tries never look at them.
-    state = torch.full((2, len(order)), NEG_INF, dtype=dtype, device=device)
+    state = table.new_full((2, parent.shape[0]), NEG_INF)
     state[1].masked_fill_(is_root, 0.0)
-    last, n = max(end_frames, default=0), -1
-    with torch.inference_mode():
-        for t in range(last + 1):
-            if t in read_after:
-                positions = per_node(read_after[t])
-                ends = end[positions]
-                scores[positions] = torch.logaddexp(state[0, ends], state[1, ends])
-            if t == last:
-                break
-            if t % EMISSION_CHUNK == 0:  # the next frames' emissions in one gather, (chunk, 2, nodes)
-                stop = min(t + EMISSION_CHUNK, last)
-                chunk_width = reachable[min(stop, len(reachable) - 1)]
-                emissions = table[t:stop].index_select(1, columns[:, :chunk_width].reshape(-1))
-                emissions = emissions.view(stop - t, 2, chunk_width)
-            if n != reachable[min(t + 1, len(reachable) - 1)]:  # views change only while n grows
-                n = reachable[min(t + 1, len(reachable) - 1)]
-                up_index, skip_n, now, now_label = parent[:n], skip_penalty[:n], state[:, :n], state[0, :n]
-            up_label, up_blank = state.index_select(1, up_index).unbind(0)
-            via_parent = torch.logaddexp(up_blank, up_label.add_(skip_n))
-            torch.logaddexp(now, torch.stack((via_parent, now_label)), out=now)
-            now.add_(emissions[t % EMISSION_CHUNK, :, :n])
-    return list(scores.split(counts))
+    n = -1
+    for t in range(last + 1):
+        if t in read_after:
+            index = torch.tensor(read_after[t], dtype=torch.long, device=end.device)
+            scores[index] = torch.logaddexp(*state[:, end[index]])
+        if t == last:
+            break
+        if t % EMISSION_CHUNK == 0:
+            emissions = _emissions(table, columns, reachable, t, last)
+        if n != reachable[min(t + 1, len(reachable) - 1)]:  # views change only while n grows
+            n = reachable[min(t + 1, len(reachable) - 1)]
+            up_index, skip_n, now, now_label = parent[:n], skip_penalty[:n], state[:, :n], state[0, :n]
+        up_label, up_blank = state.index_select(1, up_index).unbind(0)
+        via_parent = torch.logaddexp(up_blank, up_label.add_(skip_n))
+        torch.logaddexp(now, torch.stack((via_parent, now_label)), out=now)
+        now.add_(emissions[t % EMISSION_CHUNK, :, :n])
+    return scores
+
+
+def _forward_probability(
+    *, parent: Tensor, allowed: Tensor, is_root: Tensor, table: Tensor, columns: Tensor, end: Tensor,
+    read_after: dict[int, list[int]], last: int,
+) -> Tensor:
+    """The same forward pass on probabilities (float64) instead of log-probabilities: * and +
+    instead of log-sum-exp, and no gather of the parents' states, since the nodes are in the
+    trie's insertion order, where a node's parent is the node before it except at the first new
+    label of each candidate (and at roots): the parents' states are a shifted slice, patched at
+    those few nodes. `allowed`: 1 where the blank before a node may be skipped, else 0.
+
+    Exactness: states are true probabilities (<= 1), so a state is lost to float64 only when it is
+    below 2.2e-308 (then flushed or denormal). Whatever follows a state is a probability <= 1, so
+    over 2 · nodes · frames states a candidate loses less than 2 · nodes · frames · 2.2e-308 in
+    absolute probability, and every candidate above the caller's floor (that bound times 10^12,
+    about -650 nats) is exact to float64 rounding; the rest are rescored in log space. A few
+    seconds of speech put n-best lists far above it, minutes do not: hence log space past
+    PROBABILITY_MAX_FRAMES.
+    """
+    n = parent.shape[0]
+    scores = table.new_full((end.shape[0],), NEG_INF)
+    patched = (parent != torch.arange(n, device=parent.device) - 1).nonzero()[:, 0]  # roots included
+    patched_parent, patched_allowed = parent[patched], allowed[patched]
+    probabilities = table.exp()
+    state = table.new_zeros((2, n))  # row 0: label states, row 1: blank states
+    state[1].masked_fill_(is_root, 1.0)
+    label_state, blank_state = state.unbind(0)
+    via_parent = table.new_empty(n)
+    flat_columns, emissions = columns.reshape(-1), table.new_empty(2 * n)
+    for t in range(last + 1):
+        if t in read_after:
+            index = torch.tensor(read_after[t], dtype=torch.long, device=end.device)
+            scores[index] = state.index_select(1, end[index]).sum(0).log_()
+        if t == last:
+            break
+        # One frame's emissions, into one buffer: a chunk of frames would be tens of MB, written
+        # and read back from memory, where one frame stays in cache.
+        torch.index_select(probabilities[t], 0, flat_columns, out=emissions)
+        # via_parent(v) = blank(u) + allowed(v) · label(u), u = parent(v): the shifted slice, then
+        # the patch (roots' labels emit nothing, so what a root gets here does not matter).
+        torch.mul(label_state[:-1], allowed[1:], out=via_parent[1:]).add_(blank_state[:-1])
+        via_parent.index_copy_(0, patched, blank_state.index_select(0, patched_parent).addcmul_(
+            label_state.index_select(0, patched_parent), patched_allowed))
+        blank_state.add_(label_state)
+        label_state.add_(via_parent)
+        state.mul_(emissions.view(2, n))
+    return scores
+
+
+def _emissions(table: Tensor, columns: Tensor, reachable: list[int], t: int, last: int) -> Tensor:
+    """The emissions of frames t .. t + EMISSION_CHUNK - 1 for the label and blank states of the
+    nodes reachable by then, in one gather: (chunk, 2, nodes)."""
+    stop = min(t + EMISSION_CHUNK, last)
+    chunk_width = reachable[min(stop, len(reachable) - 1)]
+    emissions = table[t:stop].index_select(1, columns[:, :chunk_width].reshape(-1))
+    return emissions.view(stop - t, 2, chunk_width)
 
 
 def ctc_log_likelihood(

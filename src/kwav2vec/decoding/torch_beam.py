@@ -66,17 +66,21 @@ class TorchBeamSearchDecoder:
         """A hypothesis' label ids as NFC syllables (pyctcdecode's labels joined, then recomposed)."""
         return nfc_text("".join(self._labels[i] for i in ids), self._grapheme)
 
-    def hypotheses(self, nbest: NBest) -> list[list[Hypothesis]]:
-        """Hypothesis lists per utterance, best first."""
+    def hypotheses(self, nbest: NBest, limit: int | None = None) -> list[list[Hypothesis]]:
+        """Hypothesis lists per utterance, best first, at most `limit` long (None: all); only those
+        are turned into text."""
         scores = nbest.scores.tolist()
         return [
-            [Hypothesis(self.to_text(ids), s, {"acoustic": s, "lm": 0.0}) for ids, s in zip(row, scores[b], strict=False)]
+            [Hypothesis(self.to_text(ids), s, {"acoustic": s, "lm": 0.0})
+             for ids, s in zip(row[:limit], scores[b], strict=False)]
             for b, row in enumerate(nbest.token_lists())
         ]
 
-    def nbest(self, log_probs: Tensor, lengths: Tensor, *, name: str = "log_probs") -> list[list[Hypothesis]]:
-        """N-best list per utterance, best first. log_probs: (B, T, V); lengths: (B,)."""
-        return self.hypotheses(self.search(log_probs, lengths, name=name))
+    def nbest(
+        self, log_probs: Tensor, lengths: Tensor, *, name: str = "log_probs", limit: int | None = None
+    ) -> list[list[Hypothesis]]:
+        """N-best list per utterance, best first, at most `limit` long. log_probs: (B, T, V); lengths: (B,)."""
+        return self.hypotheses(self.search(log_probs, lengths, name=name), limit)
 
     def decode(self, log_probs: Tensor, lengths: Tensor) -> list[str]:
         """Best transcript per utterance ("" when the search found nothing but blanks)."""
