@@ -50,6 +50,7 @@ DEMO_CHECKPOINT = ROOT / "runs" / "demo" / "finetune" / "checkpoints" / "last.ck
 DEMO_TEST = ROOT / "data" / "demo" / "test.jsonl"
 GOAL_SPEEDUP = 5.0  # torch search vs pyctcdecode, one process each, equal CER
 GOAL_JOINT = 1.0  # joint-rescore on torch searches, in units of one pyctcdecode search
+GOAL_BEAM = 100  # the beam width both goals are set at
 FRAME_SECONDS = 0.02
 
 
@@ -174,21 +175,25 @@ def report(gv, sv, batches: list[tuple], refs: list[str], audio_seconds: float, 
     for decoder in made:
         decoder.close()
     ok = True
+    goal = "" if beam_width == GOAL_BEAM else f", a goal at beam {GOAL_BEAM} only"
     for head in ("grapheme", "syllable"):
         ref, mine = rows[f"pyctcdecode-{head}"], rows[f"torch-{head} cpu"]
         speedup = ref["seconds"] / mine["seconds"]
         same = sum(a == b for a, b in zip(ref["texts"], mine["texts"], strict=True)) / n
         equal = abs(ref["cer"] - mine["cer"]) <= 0.002
         ok &= speedup >= GOAL_SPEEDUP and equal
-        print(f"  torch {head} search: x{speedup:.1f} pyctcdecode's single-process speed (goal >= {GOAL_SPEEDUP}x: "
+        print(f"  torch {head} search: x{speedup:.1f} pyctcdecode's single-process speed (goal >= {GOAL_SPEEDUP}x{goal}: "
               f"{'yes' if speedup >= GOAL_SPEEDUP else 'NO'}); same best hypothesis {100 * same:.1f}%, CER "
               f"{100 * mine['cer']:.2f}% vs {100 * ref['cer']:.2f}%")
     mean_search = (rows["pyctcdecode-grapheme"]["seconds"] + rows["pyctcdecode-syllable"]["seconds"]) / 2
     ratio = rows["joint-rescore torch cpu"]["seconds"] / mean_search
     ok &= ratio <= GOAL_JOINT
     print(f"  joint-rescore (torch, both searches + rescoring): {ratio:.2f}x one pyctcdecode search "
-          f"(goal <= {GOAL_JOINT}x: {'yes' if ratio <= GOAL_JOINT else 'NO'})")
-    print(f"  goals {'met' if ok else 'NOT met'}\n", flush=True)
+          f"(goal <= {GOAL_JOINT}x{goal}: {'yes' if ratio <= GOAL_JOINT else 'NO'})")
+    if beam_width == GOAL_BEAM:
+        print(f"  goals {'met' if ok else 'NOT met'}\n", flush=True)
+    else:
+        print()
     return rows
 
 
