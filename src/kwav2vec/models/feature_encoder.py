@@ -58,14 +58,20 @@ class MaskedFp32GroupNorm(nn.GroupNorm):
             w = self.weight.float() if self.weight is not None else None
             b = self.bias.float() if self.bias is not None else None
             return F.group_norm(xf, self.num_groups, w, b, self.eps).type_as(x)
-        valid = (torch.arange(x.shape[-1], device=x.device) < lengths[:, None]).unsqueeze(1)  # (B, 1, T)
+        # Six passes over the (B, C, T) activations (the encoder's largest, 512 x 3.2 kHz at BASE)
+        # instead of ten: the masked sums as matrix products with the (B, T, 1) mask, and the
+        # normalisation and affine map folded into one scale and shift per (utterance, channel).
+        # The variance stays two-pass (of x - mean), as exact as before.
+        valid = (torch.arange(x.shape[-1], device=x.device) < lengths[:, None]).to(xf.dtype).unsqueeze(-1)  # (B, T, 1)
         count = lengths.to(xf.dtype).clamp(min=1).view(-1, 1, 1)
-        mean = (xf * valid).sum(-1, keepdim=True) / count  # (B, C, 1)
-        var = (((xf - mean) * valid) ** 2).sum(-1, keepdim=True) / count  # biased, as group_norm
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        mean = torch.bmm(xf, valid) / count  # (B, C, 1)
+        centred = xf - mean
+        var = torch.bmm(centred * centred, valid) / count  # biased, as group_norm
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.float().view(1, -1, 1) + self.bias.float().view(1, -1, 1)
-        return y.type_as(x)
+            scale = scale * self.weight.float().view(1, -1, 1)
+            return (centred * scale + self.bias.float().view(1, -1, 1)).type_as(x)
+        return (centred * scale).type_as(x)
 
 
 def _block(n_in: int, n_out: int, kernel: int, stride: int, norm: str, conv_bias: bool) -> nn.Sequential:
