@@ -187,6 +187,7 @@ class MultiDecoder(PoolOwner):
             beam = BeamSearchConfig(beam_width=100 if beam_width is None else beam_width)
         configs = beam if isinstance(beam, Mapping) else dict.fromkeys(HEADS, beam)
         needed = {h for name in self.names if not name.startswith("greedy-") for h in heads_needed(name)}
+        self._text_limit = None if any(n.startswith("joint-") for n in self.names) else self.nbest
         self.searchers = {
             head: beam_searcher(self.vocabs[head], configs[head], beam_backend) for head in HEADS if head in needed
         }
@@ -217,8 +218,7 @@ class MultiDecoder(PoolOwner):
                     raw = run_searches(self.pool, searcher.jobs(log_probs[head], lengths, name=name))
                     nbest = [searcher.hypotheses(r) for r in raw]
                 else:  # text only for what is returned, unless a joint decoder needs every candidate
-                    joint = any(n.startswith("joint-") for n in self.names)
-                    nbest = searcher.nbest(log_probs[head], lengths, name=name, limit=None if joint else self.nbest)
+                    nbest = searcher.nbest(log_probs[head], lengths, name=name, limit=self._text_limit)
                 searches[head] = (nbest, time.perf_counter() - start)
             return searches[head]
 

@@ -149,8 +149,8 @@ def _skip_silences(
     skip = torch.zeros_like(lone_blank)
     skip[:, 1:] = lone_blank[:, 1:] & lone_blank[:, :-1]
     visit = (width > 0) & ~skip  # every valid frame keeps at least its argmax
-    frame = torch.arange(T, device=width.device).expand(B, T)
     if bool(skip.any()):
+        frame = torch.arange(T, device=width.device).expand(B, T)
         owner = torch.where(visit, frame, 0).cummax(1).values  # the run's first frame
         b, t = skip.nonzero(as_tuple=True)
         value_of.index_add_(0, start[b, owner[b, t]], value_of[start[b, t]])
