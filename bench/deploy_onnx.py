@@ -7,18 +7,19 @@ given a trained model, the CER the int8 graph costs.
         --manifest data/demo/test.jsonl                              # + CER of fp32 vs int8
 
 Speed: per preset a random fine-tuner (both heads; the syllable head has 2 layers over the demo's
-syllable vocabulary) is exported twice (`export_onnx`, float32 and `quantize="int8"`). Three workers,
-one process each, with the same intra-op thread count (`--threads`, default 2): `pytorch` (the
-fine-tuner in eval mode, the CPU kernels on, as `kwav2vec transcribe` runs it), `ort_fp32` and
-`ort_int8` (`OnnxModel`). A step transcribes the same batch (same seed) end to end: forward pass
+syllable vocabulary) is exported three times (`export_onnx`: float32, `quantize="int8"` and
+`quantize="int8-linear"`). Four workers, one process each, with the same intra-op thread count
+(`--threads`, default 2): `pytorch` (the fine-tuner in eval mode, the CPU kernels on, as
+`kwav2vec transcribe` runs it), `ort_fp32`, `ort_int8` and `ort_int8_linear` (`OnnxModel`). A step transcribes the same batch (same seed) end to end: forward pass
 and greedy decoding of both heads (`MultiDecoder`). Workers are stepped one at a time, the order
-rotating each round (bench/_harness.py), so load drifts on a shared machine hit all three alike.
+rotating each round (bench/_harness.py), so load drifts on a shared machine hit all four alike.
 Printed: median step time, real-time factor (step seconds / audio seconds), speed-up over
 PyTorch (goal: int8 >= 2x at base), file sizes (PyTorch state dict as saved, model.onnx of each).
 
-CER (`--checkpoint CKPT --manifest M`): the checkpoint is exported float32 and int8, and
+CER (`--checkpoint CKPT --manifest M`): the checkpoint is exported the same three ways, and
 `kwav2vec evaluate` runs greedy (both heads) and joint-rescore on each (and the .ckpt through
-Lightning); printed: CER per decoder and backend, int8 - fp32 (goal: within 1.0 point).
+Lightning); printed: CER per decoder and backend, int8 - fp32 and int8-linear - fp32 (goal: within
+1.0 point).
 
 (Not named bench/onnx.py: the script's folder comes first on sys.path and would shadow `onnx`.)
 """
@@ -42,7 +43,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from _harness import SAMPLE_RATE, memory_measurable, run_workers, serve  # noqa: E402
 
-IMPLS = ("pytorch", "ort_fp32", "ort_int8")
+IMPLS = ("pytorch", "ort_fp32", "ort_int8", "ort_int8_linear")
+QUANTIZE = {"ort_fp32": None, "ort_int8": "int8", "ort_int8_linear": "int8-linear"}  # export_onnx's
+LABEL = {"pytorch": "pt", "ort_fp32": "fp32", "ort_int8": "int8", "ort_int8_linear": "int8-lin"}
 SYLLABLE_VOCAB = ROOT / "data" / "demo" / "vocab_syllable.json"
 GRAPHEME_VOCAB = ROOT / "data" / "demo" / "vocab_grapheme.json"
 CER_DECODERS = ("greedy", "greedy:syllable", "joint:rescore")
@@ -102,12 +105,12 @@ def worker(impl: str, preset: str, folder: str, batch: int, seconds: float, thre
     serve(*build(impl, preset, folder, batch, seconds, threads), conn)
 
 
-def export_pair(model, folder: Path) -> dict[str, float]:
-    """float32 and int8 exports of `model` into folder/ort_fp32 and folder/ort_int8; export seconds."""
+def export_all(model, folder: Path) -> dict[str, float]:
+    """The float32, int8 and int8-linear exports of `model` into folder/<impl>; export seconds."""
     from kwav2vec.deploy.onnx_export import export_onnx
 
     seconds = {}
-    for impl, quantize in (("ort_fp32", None), ("ort_int8", "int8")):
+    for impl, quantize in QUANTIZE.items():
         start = time.perf_counter()
         export_onnx(model, folder / impl, quantize=quantize)
         seconds[impl] = time.perf_counter() - start
@@ -128,29 +131,30 @@ def speed(args) -> None:
     audio_seconds = args.batch * args.seconds  # the padded batch; utterances 2.. are up to 25% shorter
     print(f"threads={args.threads} batch={args.batch} x {args.seconds:g} s repeats={args.repeats} "
           f"warmup={args.warmup} (medians; RTF over the padded {audio_seconds:g} s)")
-    header = (f"{'preset':<6} {'params':>11} {'export s':>9} | {'pytorch s':>9} {'fp32 s':>7} {'int8 s':>7} | "
-              f"{'RTF pt':>7} {'RTF fp32':>8} {'RTF int8':>8} | {'fp32 x':>6} {'int8 x':>6} | "
-              f"{'pt MiB':>7} {'fp32 MiB':>8} {'int8 MiB':>8}")
+    onnx = IMPLS[1:]
+    header = (f"{'preset':<6} {'params':>11} {'export s':>9} | " + " ".join(f"{LABEL[i] + ' s':>10}" for i in IMPLS)
+              + " | " + " ".join(f"{'RTF ' + LABEL[i]:>12}" for i in IMPLS) + " | "
+              + " ".join(f"{LABEL[i] + ' x':>10}" for i in onnx) + " | " + " ".join(f"{LABEL[i] + ' MiB':>12}" for i in IMPLS))
     print(header)
     print("-" * len(header))
     for preset in args.presets:
         with tempfile.TemporaryDirectory() as tmp:
             model = random_finetuner(preset)
-            export_seconds = export_pair(model, Path(tmp))
+            export_seconds = export_all(model, Path(tmp))
             sizes = {"pytorch": state_dict_bytes(model),
-                     **{impl: (Path(tmp) / impl / MODEL_FILE).stat().st_size for impl in IMPLS[1:]}}
+                     **{impl: (Path(tmp) / impl / MODEL_FILE).stat().st_size for impl in onnx}}
             del model
             params, times, _, _ = run_workers(worker, IMPLS, (preset, tmp, args.batch, args.seconds, args.threads),
                                               args.repeats, args.warmup, malloc_mmap=False)
         t = {impl: statistics.median(v) for impl, v in times.items()}
-        mib = {impl: n / 2**20 for impl, n in sizes.items()}
-        print(f"{preset:<6} {params['pytorch']:>11,} {export_seconds['ort_fp32']:>9.1f} | {t['pytorch']:>9.3f} "
-              f"{t['ort_fp32']:>7.3f} {t['ort_int8']:>7.3f} | {t['pytorch'] / audio_seconds:>7.4f} "
-              f"{t['ort_fp32'] / audio_seconds:>8.4f} {t['ort_int8'] / audio_seconds:>8.4f} | "
-              f"{t['pytorch'] / t['ort_fp32']:>6.2f} {t['pytorch'] / t['ort_int8']:>6.2f} | "
-              f"{mib['pytorch']:>7.1f} {mib['ort_fp32']:>8.1f} {mib['ort_int8']:>8.1f}", flush=True)
+        print(f"{preset:<6} {params['pytorch']:>11,} {export_seconds['ort_fp32']:>9.1f} | "
+              + " ".join(f"{t[i]:>10.3f}" for i in IMPLS) + " | "
+              + " ".join(f"{t[i] / audio_seconds:>12.4f}" for i in IMPLS) + " | "
+              + " ".join(f"{t['pytorch'] / t[i]:>10.2f}" for i in onnx) + " | "
+              + " ".join(f"{sizes[i] / 2**20:>12.1f}" for i in IMPLS), flush=True)
     print(f"x = PyTorch step time / onnxruntime's (higher is better; goal int8 >= {GOAL_SPEEDUP:g}x at base). "
-          "A step: forward + greedy decoding of both heads. Export s: the float32 export.")
+          "A step: forward + greedy decoding of both heads. Export s: the float32 export. int8: linear layers "
+          "and convolutions but the first; int8-lin: linear layers only (--quantize int8-linear).")
 
 
 def cer(args) -> int:
@@ -160,9 +164,8 @@ def cer(args) -> int:
     model = load_finetuner(args.checkpoint)
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        export_pair(model, Path(tmp))
-        targets = {"lightning": args.checkpoint, "ort_fp32": str(Path(tmp) / "ort_fp32"),
-                   "ort_int8": str(Path(tmp) / "ort_int8")}
+        export_all(model, Path(tmp))
+        targets = {"lightning": args.checkpoint, **{impl: str(Path(tmp) / impl) for impl in QUANTIZE}}
         for name, target in targets.items():
             out = Path(tmp) / f"eval_{name}"
             argv = [target, args.manifest, "--decoder", *CER_DECODERS, "--out", str(out), "--no-progress",
@@ -175,13 +178,17 @@ def cer(args) -> int:
             summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
             rows[name] = {d: 100 * s["cer"] for d, s in summary["decoders"].items()}
     print(f"\nCER % on {args.manifest} ({args.checkpoint}), beam {args.beam_width}:")
-    print(f"{'decoder':<16} {'lightning':>9} {'ort fp32':>9} {'ort int8':>9} {'int8-fp32':>9}")
-    worst = 0.0
+    quantized = ("ort_int8", "ort_int8_linear")
+    print(f"{'decoder':<16} {'lightning':>9} {'ort fp32':>9} {'ort int8':>9} {'int8-lin':>9} {'int8-fp32':>9} {'lin-fp32':>9}")
+    worst = dict.fromkeys(quantized, 0.0)
     for d in rows["ort_fp32"]:
-        delta = rows["ort_int8"][d] - rows["ort_fp32"][d]
-        worst = max(worst, abs(delta))
-        print(f"{d:<16} {rows['lightning'][d]:>9.2f} {rows['ort_fp32'][d]:>9.2f} {rows['ort_int8'][d]:>9.2f} {delta:>+9.2f}")
-    print(f"largest |int8 - fp32| = {worst:.2f} points (goal <= {GOAL_CER_POINTS:g})")
+        delta = {q: rows[q][d] - rows["ort_fp32"][d] for q in quantized}
+        for q in quantized:
+            worst[q] = max(worst[q], abs(delta[q]))
+        print(f"{d:<16} {rows['lightning'][d]:>9.2f} {rows['ort_fp32'][d]:>9.2f} {rows['ort_int8'][d]:>9.2f} "
+              f"{rows['ort_int8_linear'][d]:>9.2f} {delta['ort_int8']:>+9.2f} {delta['ort_int8_linear']:>+9.2f}")
+    print(f"largest |int8 - fp32| = {worst['ort_int8']:.2f} points, |int8-linear - fp32| = "
+          f"{worst['ort_int8_linear']:.2f} (goal <= {GOAL_CER_POINTS:g})")
     return 0
 
 

@@ -6,7 +6,7 @@
     kwav2vec convert --from hf ./wav2vec2-base-960h base.ckpt --drop-head
     kwav2vec convert --from torchaudio base.pth base.ckpt --bundle WAV2VEC2_BASE
     kwav2vec convert --to hf runs/finetune/version_0/checkpoints/last.ckpt ./kwav2vec-hf [--arch ctc]
-    kwav2vec convert --to onnx finetuned.ckpt ./kwav2vec-onnx [--quantize int8]   (kwav2vec.deploy.onnx_export)
+    kwav2vec convert --to onnx finetuned.ckpt ./kwav2vec-onnx [--quantize int8|int8-linear]   (kwav2vec.deploy.onnx_export)
 
 The .ckpt written is what `Pretrainer(init_from=...)` and the fine-tuner's `init_from` start from.
 `--to hf` takes a fine-tuner checkpoint (Wav2Vec2ForCTC from the grapheme head, the syllable head
@@ -62,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("auto", "ctc", "pretraining", "model"), default="auto",
                    help="export: transformers class to write (auto: ForCTC with a grapheme head, else "
                         "ForPreTraining with the pretraining modules, else Model)")
-    p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="--to onnx: dynamic int8 quantization of the linear layers (onnxruntime)")
+    p.add_argument("--quantize", choices=("int8", "int8-linear"), default=None,
+                   help="--to onnx: dynamic int8 quantization (onnxruntime) of the linear layers and the "
+                        "convolutions but the first (int8), or of the linear layers only (int8-linear: "
+                        "slower, closer to float32)")
     return p
 
 

@@ -108,7 +108,7 @@ class SyllableHead(nn.Module):
             raise ValueError(
                 f"padding_mask shape {tuple(padding_mask.shape)} does not match frames (B, T) = {tuple(x.shape[:2])}"
             )
-        attn_mask = attention_mask(padding_mask)  # computed once for all layers
+        attn_mask = attention_mask(padding_mask, x.dtype)  # computed once for all layers
         for layer in self.layers:
             x = layer._forward(x, attn_mask)  # (B, T, D)
         if self.layer_norm is not None:
