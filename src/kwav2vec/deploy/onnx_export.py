@@ -35,8 +35,8 @@ activations quantized per batch at run time; the heads' two output projections s
 (`onnx_convs`) and quantized alike, except the first (its input is the waveform).
 `--quantize int8-linear` keeps every convolution float32 (`Conv`): slower, closer to float32.
 Measured (2026-12-03, BASE random weights, 4 x 4 s, 2 threads): int8 0.465-0.486 s a step,
-int8-linear 0.655-0.684 s, PyTorch 1.24-1.43 s (bench/deploy_onnx.py); on the demo model int8 moved the test CERs by at most 0.32 points, int8-linear by at most
-0.21; on the tests' random BASE-architecture model the largest log-prob change is about 0.2 with the
+int8-linear 0.655-0.684 s, PyTorch 1.24-1.43 s (bench/deploy_onnx.py); on the demo model int8 moved the test CERs by at most 0.43 points, int8-linear by at most
+0.11; on the tests' random BASE-architecture model the largest log-prob change is about 0.2 with the
 convolutions quantized, 0.003 without.
 """
 

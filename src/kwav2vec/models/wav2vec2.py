@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kwav2vec.models.config import Wav2Vec2Config
-from kwav2vec.models.cpu import Dropout
+from kwav2vec.models.cpu import Dropout, plain
 from kwav2vec.models.feature_encoder import ConvFeatureEncoder
 from kwav2vec.models.losses import contrastive_logits
 from kwav2vec.models.masking import apply_channel_mask, compute_mask_indices, sample_negatives
@@ -133,8 +133,11 @@ class Wav2Vec2Model(nn.Module):
     def _normalize(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance per utterance over its own samples; padding stays zero."""
         valid = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None]  # (B, S)
-        w = waveforms.float() * valid
-        n = lengths.float().unsqueeze(1)
+        # Under plain_pytorch() (the ONNX export) the sums run in float64: onnxruntime's ReduceSum
+        # adds sequentially, which over the demo's 40,000-sample utterances left the normalised
+        # waveform 6e-5 off in float32 (PyTorch's pairwise sums: 1e-6 off), and the log-probs 4e-4.
+        w = waveforms.to(torch.float64 if plain() else torch.float32) * valid
+        n = lengths.to(w.dtype).unsqueeze(1)
         mean = w.sum(1, keepdim=True) / n
         var = (((w - mean) * valid) ** 2).sum(1, keepdim=True) / n
         return (((w - mean) * torch.rsqrt(var + NORMALIZE_EPS)) * valid).to(waveforms.dtype)
