@@ -187,3 +187,24 @@ def test_plain_pytorch_turns_every_kernel_off(monkeypatch):
     assert features.shape[0] == 3 and frames.shape == (3,)
     with pytest.raises(AssertionError, match="CPU kernel"), torch.no_grad():
         enc(torch.randn(3, 4000))  # outside the switch the kernels are taken
+
+
+def test_plain_pytorch_attention_mask_is_additive_and_equal():
+    """Under plain_pytorch() (the ONNX export) the mask is 0 / -inf: the same attention as the
+    boolean mask; under CPU autocast a float32 mask with a bf16 query is accepted."""
+    torch.manual_seed(0)
+    attn = MultiheadSelfAttention(32, 4).eval()
+    x = torch.randn(2, 9, 32)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 6:] = True
+    boolean = attention_mask(pad)
+    with plain_pytorch():
+        additive = attention_mask(pad, x.dtype)
+    assert boolean.dtype == torch.bool and additive.dtype == torch.float32
+    assert torch.equal(additive == 0, boolean) and bool(torch.isinf(additive[~boolean]).all())
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, additive), attn(x, boolean), atol=1e-6, rtol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = attn(x, additive)
+        assert y.dtype == torch.bfloat16 and bool(torch.isfinite(y).all())
+    assert attention_mask(None) is None

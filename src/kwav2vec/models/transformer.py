@@ -43,7 +43,7 @@ class MultiheadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, T, D); attn_mask: (B, 1, 1, T) bool, True = may attend (i.e. not padding)
+        # x: (B, T, D); attn_mask: (B, 1, 1, T) bool, True = may attend (i.e. not padding), or additive
         B, T, D = x.shape
         # three matmuls: fusing them needs a weight concatenation per step, which measured slower on CPU
         q, k, v = (proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
