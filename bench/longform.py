@@ -113,8 +113,8 @@ def part_accuracy(ckpt: str, test: Path, tmp: Path, pauses: list[float]) -> None
     print(f"| per utterance | {100 * per_utt['decoders']['greedy-grapheme']['cer']:.1f} | "
           f"{100 * per_utt['decoders']['joint-rescore']['cer']:.1f} |")
     manifest = write_manifest(tmp / "joined.jsonl", audio, ref)
-    # re-encoding only acts where there are segments (a pause to cut at)
-    settings = [(p, ()) for p in pauses] + [(p, ("--reencode-segments",)) for p in pauses if p > 0]
+    # re-encoding (the default) only acts where there are segments (a pause to cut at)
+    settings = [(p, ()) for p in pauses] + [(p, ("--no-reencode-segments",)) for p in pauses if p > 0]
     for pause, extra in settings:
         for chunk in (10, 20, 30):
             s, wall, _ = evaluate(ckpt, manifest, tmp / f"joined_{chunk}_{pause}_{len(extra)}", decoders, chunk,

@@ -179,17 +179,26 @@ def test_reencoded_segments_are_the_model_on_their_own_samples(checkpoint, tmp_p
     assert writer.results.forward_seconds > 0
 
 
-def test_reencode_segments_through_the_cli(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_reencode_segments_through_the_cli(checkpoint, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Re-encoding is the default; --no-reencode-segments decodes the first pass."""
     from kwav2vec.inference.predict import DecodingWriter
     from kwav2vec.inference.segments import SegmentConfig
 
     path = tmp_path / "long.wav"
     sf.write(path, noise(9.0, 16000, 1, 6), 16000)
-    for flag in ("--reencode-segments", "--no-reencode-segments"):
+    calls, heap = [], []
+    reencoded = DecodingWriter._reencoded
+    monkeypatch.setattr(DecodingWriter, "_reencoded", lambda self, segs: calls.append(len(segs)) or reencoded(self, segs))
+    # glibc's mmap threshold is held (allocator.py) exactly where segments are re-encoded
+    monkeypatch.setattr("kwav2vec.inference.predict.fix_mmap_threshold", lambda: heap.append(1))
+    for flags, reencodes in (((), True), (("--reencode-segments",), True), (("--no-reencode-segments",), False)):
+        calls.clear()
+        heap.clear()
         code, out, err = _run(capsys, [str(checkpoint), str(path), "--json", "--chunk-seconds", "3", "--stride-seconds",
-                                       "0.6", "--pause-seconds", "0.1", flag, "--trainer.accelerator", "cpu"])
+                                       "0.6", "--pause-seconds", "0.1", *flags, "--trainer.accelerator", "cpu"])
         assert code == 0, err
         assert json.loads(out)["results"][0]["seconds"] == 9.0
+        assert bool(calls) == reencodes == bool(heap), flags
     writer = DecodingWriter(lambda m: None, segmenting=SegmentConfig(0, 0), reencode=True)
     assert not writer.reencode  # without cuts the one segment would be the whole file
 

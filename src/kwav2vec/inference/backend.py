@@ -45,7 +45,7 @@ def load_model(args) -> Any:
         from kwav2vec.deploy.onnx_runtime import OnnxModel, check_cpu_only
 
         check_cpu_only(args)
-        if getattr(args, "reencode_segments", None):
+        if getattr(args, "reencode_segments", None):  # asked for; by default the onnx backend does not
             raise ValueError("--reencode-segments runs on the lightning backend (a .ckpt) only; "
                              "the onnx backend decodes the first pass")
         if args.onnx_threads is not None and args.onnx_threads < 1:

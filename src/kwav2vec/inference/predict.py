@@ -35,6 +35,7 @@ from kwav2vec.data.collate import pad_1d
 from kwav2vec.data.dataset import SkippedItem
 from kwav2vec.data.sampler import pack_batches
 from kwav2vec.decoding.beam import Hypothesis
+from kwav2vec.inference.allocator import fix_mmap_threshold
 from kwav2vec.inference.chunking import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_STRIDE_SECONDS,
@@ -289,7 +290,7 @@ class DecodingWriter(pl.Callback):
         # long files: cut at pauses and decoded segment by segment (segments.py); None: no cutting
         self.segmenting = segmenting or SegmentConfig(0, 0)
         # run each closed segment through the model again, alone: its neighbours leave the attention's
-        # context, as in per-utterance decoding (about 1.7x the model time; see _reencoded). Not without
+        # context, as in per-utterance decoding (2.3-2.9x the first pass's model time). Not without
         # cuts (--pause-seconds 0): the one "segment" is then the whole file, which chunking avoids.
         self.reencode = reencode and self.segmenting.min_pause > 0
         self.max_samples_per_batch = max_samples_per_batch
@@ -623,12 +624,16 @@ def run_prediction(
     (kwav2vec.inference.chunking); `times`: word times of every decoder's best text."""
     check_geometry(model)
     writer = DecodingWriter(make_decoder, times=times, progress=progress_bar, segmenting=segment_config(args),
-                            reencode=bool(getattr(args, "reencode_segments", None)),
+                            reencode=getattr(args, "reencode_segments", None) is not False,  # default on
                             max_samples_per_batch=args.max_samples_per_batch)
+    chunking = chunk_config(args)
+    if writer.reencode and chunking is not None and any(s.num_samples > chunking.chunk for s in sources):
+        # segments re-encoded in batches of varying lengths fragment glibc's heap (allocator.py); not
+        # otherwise, where the fixed threshold only costs time (tiny model: forward 2.4 -> 3.0 s)
+        fix_mmap_threshold()
     trainer = make_trainer(args, [writer], progress_bar)
     datamodule = PredictDataModule(
-        sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers,
-        chunking=chunk_config(args),
+        sources, args.max_samples_per_batch, args.batch_size, num_workers=args.num_workers, chunking=chunking,
     )
     start = time.perf_counter()
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
@@ -683,8 +688,8 @@ def add_batching_arguments(parser) -> None:
     parser.add_argument("--reencode-segments", action=argparse.BooleanOptionalAction, default=None,
                         help="run each segment of a long file through the model again on its own speech, "
                         "so its neighbours are out of the attention's context, as in per-utterance decoding "
-                        "(lightning backend; about 1.8x the model time, and memory that grows with the "
-                        "file's length, see the README; the onnx backend decodes the first pass)")
+                        "(default on the lightning backend, 2.3-2.9x the first pass's model time; the onnx backend "
+                        "decodes the first pass and refuses the flag)")
     parser.add_argument("--max-samples-per-batch", type=int, default=DEFAULT_MAX_SAMPLES_PER_BATCH,
                         help=f"padded 16 kHz samples per batch (default {DEFAULT_MAX_SAMPLES_PER_BATCH}, 100 s)")
     parser.add_argument("--batch-size", type=int, default=None, help="at most this many utterances per batch")

@@ -33,7 +33,11 @@ from kwav2vec.decoding.beam import Hypothesis
 from kwav2vec.inference.chunking import FRAME_SECONDS, Window
 
 DEFAULT_PAUSE_SECONDS = 0.3  # see the README's long-recordings figures (bench/longform.py --pauses)
-DEFAULT_MAX_SEGMENT_SECONDS = 30.0
+# A segment is re-encoded alone (predict.py), so one at most this long must cost no more than a
+# first-pass window (20 s + 2 x 2 s of context): a random BASE model peaked 124 MiB higher on one 30 s
+# segment than on four 24 s windows (live memory, 2026-12-03). The demo's joined test utterances
+# (2-4 s between 0.3-0.7 s pauses) are cut at pauses long before either limit.
+DEFAULT_MAX_SEGMENT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
