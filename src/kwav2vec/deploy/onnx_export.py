@@ -68,14 +68,11 @@ FORMAT = "kwav2vec-onnx"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("audio", "audio_lengths")
 HEADS = ("grapheme", "syllable")
-QUANTIZATIONS = ("int8", "int8-linear")  # --quantize; each is dynamic int8
+# --quantize -> kwav2vec_onnx.json's "quantization" (both dynamic int8; int8 quantizes the convolutions too)
+QUANTIZATION_NAMES = {"int8": "int8-dynamic", "int8-linear": "int8-dynamic-linear"}
+QUANTIZATIONS = tuple(QUANTIZATION_NAMES)
 INSTALL_HINT = "pip install kwav2vec[onnx]"
 FIRST_CONV_WEIGHTS = "backbone.feature_extractor.convs.0."  # BlockConvFeatureEncoder's first layer
-
-
-def quantization_name(quantize: str | None) -> str | None:
-    """kwav2vec_onnx.json's "quantization": "int8-dynamic" (convolutions too), "int8-dynamic-linear" or None."""
-    return None if quantize is None else {"int8": "int8-dynamic", "int8-linear": "int8-dynamic-linear"}[quantize]
 
 
 def tokens_file(head: str) -> str:
@@ -274,7 +271,7 @@ def export_onnx(finetuner: nn.Module, out_dir: str | os.PathLike, quantize: str 
         vocab = getattr(finetuner, f"{h}_vocab")
         if vocab is not None:
             write_tokens(vocab, out / tokens_file(h))
-    config = decoder_config(finetuner, heads, outputs, opset, quantization_name(quantize))
+    config = decoder_config(finetuner, heads, outputs, opset, QUANTIZATION_NAMES.get(quantize))
     tuned = getattr(finetuner, "tuned_weights", None)
     if tuned:  # the checkpoint's tuned joint weights travel with the export
         config["decoding"] = {"syllable_weight": dict(tuned)}
