@@ -42,7 +42,7 @@ CHECKED_STEPS = 2
 def pretrain_shares(module, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(contribution to the global objective, locally normalised loss) of this rank's batch."""
     out = module.model(batch["audio"], batch["audio_lengths"])
-    local = pretraining_loss(out, module.hparams.diversity_weight, module.hparams.feature_pen_weight)["loss"]
+    local = pretraining_loss(out, module.hparams.diversity_weight, module.feature_pen_weight)["loss"]
     frames = out.mask.sum().float()
     total = frames.clone()
     dist.all_reduce(total)

@@ -18,7 +18,7 @@ from kwav2vec.checkpoints.reader import load_backbone_weights, read_model_checkp
 from kwav2vec.lit.base import TrainingModule
 from kwav2vec.lit.schedules import polynomial_decay_schedule
 from kwav2vec.models.config import preset
-from kwav2vec.models.losses import pretraining_loss
+from kwav2vec.models.losses import default_feature_pen_weight, pretraining_loss
 from kwav2vec.models.wav2vec2 import Wav2Vec2Model
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,14 @@ class Pretrainer(TrainingModule):
         eps: AdamW epsilon.
         weight_decay: AdamW decoupled weight decay (applied to all parameters, as fairseq).
         diversity_weight: weight of the codebook diversity loss (fairseq 0.1).
-        feature_pen_weight: weight of the feature L2 penalty (fairseq 10 for BASE, 0 for LARGE).
+        feature_pen_weight: weight of the feature L2 penalty (fairseq 10 for BASE, 0 for LARGE); None
+            chooses by the feature encoder, as fairseq's two recipes do: 10 for the "default" extractor
+            (group norm on conv 0 only), 0 for the "layer_norm" one (LARGE, tiny). Behind a layer norm
+            in every conv block the penalty is met by shrinking the conv output towards a constant
+            vector, which takes the time variation with it. Measured on the tiny preset (second corpus, 300 updates):
+            the penalty fell from 0.39 to 0.008 in 150 updates while the contrastive loss stayed at
+            chance (3.93), the conv output's std over time fell from 0.35 to 0.03, and fine-tuning from
+            that backbone reached a test CER of 66% against 40% from a random one.
     """
 
     def __init__(
@@ -79,7 +86,7 @@ class Pretrainer(TrainingModule):
         eps: float = 1e-6,
         weight_decay: float = 0.01,
         diversity_weight: float = 0.1,
-        feature_pen_weight: float = 10.0,
+        feature_pen_weight: float | None = None,
         collapse_recoveries: int = 3,
         collapse_lr_factor: float = 0.5,
     ) -> None:
@@ -96,6 +103,8 @@ class Pretrainer(TrainingModule):
             cfg = preset(model, **overrides)
         self.config = cfg
         self.model = Wav2Vec2Model(cfg)
+        self.feature_pen_weight = (feature_pen_weight if feature_pen_weight is not None
+                                   else default_feature_pen_weight(cfg))
         if init_from is not None:
             load_backbone_weights(self.model, init, origin=init_from)
         self._collapsed_checks = 0  # consecutive collapse checks that found the codebook collapsed
@@ -130,7 +139,7 @@ class Pretrainer(TrainingModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._forward(batch)
-        terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
+        terms = pretraining_loss(out, self.hparams.diversity_weight, self.feature_pen_weight)
         self._log_terms("train", terms, batch["audio"].shape[0], temperature=out.temperature)
         self._check_collapse(terms["code_perplexity"])
         return self._global_normalised(terms["loss"], out.mask.sum().float())
@@ -216,7 +225,7 @@ class Pretrainer(TrainingModule):
         # a fixed mask/distractor draw per batch makes validation numbers comparable across epochs
         gen = torch.Generator(device=audio.device).manual_seed(batch_idx)
         out = self._forward(batch, gen)
-        terms = pretraining_loss(out, self.hparams.diversity_weight, self.hparams.feature_pen_weight)
+        terms = pretraining_loss(out, self.hparams.diversity_weight, self.feature_pen_weight)
         # A collapsed codebook makes the contrastive task trivial (the distractors that share the
         # positive's codes are masked out), so its val/loss is the lowest of the run and a
         # ModelCheckpoint monitoring val/loss (mode min) would keep exactly the collapsed model. A

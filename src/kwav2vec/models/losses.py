@@ -15,6 +15,15 @@ DIVERSITY_WEIGHT = 0.1  # fairseq loss_weights[0]
 FEATURE_PEN_WEIGHT = 10.0  # fairseq loss_weights[1] for BASE (0 for LARGE)
 
 
+def default_feature_pen_weight(config) -> float:
+    """fairseq's feature-penalty weight for a backbone of this feature encoder: BASE's 10 for the
+    "default" extractor (group norm on conv 0 only), LARGE's 0 for the "layer_norm" one (tiny too).
+    A layer norm in every conv block lets the penalty be met by shrinking the conv output towards
+    a constant vector, and the time variation goes with it (measured on the tiny preset: see
+    `kwav2vec.lit.pretrain.Pretrainer`'s `feature_pen_weight`)."""
+    return 0.0 if config.extractor_mode == "layer_norm" else FEATURE_PEN_WEIGHT
+
+
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values (B, M, ...), index (B, M, K) into dim 1 -> (B, M, K, ...)."""
     B, M, K = index.shape
