@@ -10,10 +10,12 @@ Stages (each runs the `kwav2vec` CLI through scripts/demo.py, as a user would):
 - `demo`, `second`: pretrain + fine-tune + tune the joint weight on dev + decode test, within the
   `make demo` budget (the recipes' own max_time caps, 15 minutes in all): CER of every decoder,
   OOV-syllable recovery, the code perplexity over pretraining and the update at which the
-  fine-tuning loss leaves the blank plateau;
+  fine-tuning loss leaves the blank plateau; and on dev and test, how many unseen syllables the
+  two heads' n-best lists hold at all (bench/oov_ceiling.py: what any re-ranking could recover);
 - `scratch`: the same fine-tuning on the second corpus from a random backbone (same updates), the
   reference the pretrained backbone must not lose to;
-- `long`: the second corpus with 30 CPU-minutes (`conf/finetune/demo_long.yaml`).
+- `long`: the second corpus within 30 CPU-minutes: the same pretraining, then the longer
+  fine-tuning of `conf/finetune/demo_long.yaml` (masking and speed perturbation).
 
 "Leaves the plateau": the first logged update at which the fine-tuning loss is below 0.8 times
 its value at the end of warmup (the all-blank plateau sits near that value for as long as the
@@ -33,6 +35,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from oov_ceiling import ceiling, fmt  # noqa: E402
+
+from kwav2vec.inference.predict import load_finetuner  # noqa: E402
+
 DEMO = ROOT / "data" / "demo"
 STAGES = ("second", "demo", "scratch", "seeds", "long")
 PLATEAU_FACTOR = 0.8
@@ -75,6 +85,13 @@ def pretraining_figures(out: Path) -> dict:
             "collapsed_validation": collapsed, "recoveries": int(recoveries), "updates": ppl[-1][0] + 1 if ppl else 0}
 
 
+def nbest_ceilings(out: Path, corpus: Path) -> dict:
+    """bench/oov_ceiling.py's figures of the run's fine-tuned model on the corpus's dev and test splits."""
+    torch.set_num_threads(2)
+    model = load_finetuner(str(out / "finetune" / "checkpoints" / "last.ckpt"))
+    return {split: ceiling(model, corpus / f"{split}.jsonl") for split in ("dev", "test")}
+
+
 def pipeline_figures(out: Path, warmup_fraction: float = 0.1) -> dict:
     rows = metrics(out / "finetune" / "version_0" / "metrics.csv")
     loss = curve(rows, "train/loss")
@@ -106,7 +123,12 @@ def print_pipeline(name: str, fig: dict, minutes: float) -> None:
     best = min(fig["decoders"], key=lambda n: fig["decoders"][n]["cer"])
     heads = min(fig["decoders"][n]["cer"] for n in ("beam-grapheme", "beam-syllable"))
     print(f"best decoder {best} {pct(fig['decoders'][best]['cer'])}%; joint-rescore "
-          f"{pct(fig['decoders']['joint-rescore']['cer'])}% vs better head {pct(heads)}%", flush=True)
+          f"{pct(fig['decoders']['joint-rescore']['cer'])}% vs better head {pct(heads)}%")
+    for split, c in fig.get("ceilings", {}).items():
+        print(f"{split}: {c['oov_syllables']} OOV syllables; n-best oracle CER {c['oracle']['cer']:.1f}%, OOV recovery "
+              f"of the oracle candidates {fmt(c['oracle']['oov_recovery'])}%, most any re-ranking could recover "
+              f"{fmt(c['oov_ceiling'])}% (joint-rescore {fmt(c['rescore']['oov_recovery'])}%)")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for stage, corpus, flags in (("second", second, ()), ("demo", DEMO, ()),
                                  ("scratch", second, ("--skip-pretrain",)),
-                                 ("long", second, ("--pretrain-recipe", "conf/pretrain/demo_long.yaml",
-                                                    "--finetune-recipe", "conf/finetune/demo_long.yaml"))):
+                                 ("long", second, ("--finetune-recipe", "conf/finetune/demo_long.yaml"))):
         if stage in args.stages:
             minutes = demo_py(corpus, out / stage, "--seed", "0", *flags)
-            results[stage] = {"minutes": minutes, **pipeline_figures(out / stage)}
+            results[stage] = {"minutes": minutes, **pipeline_figures(out / stage),
+                              "ceilings": nbest_ceilings(out / stage, corpus)}
             print_pipeline(stage, results[stage], minutes)
     if "seeds" in args.stages:
         print("\n### pretraining alone, conf/pretrain/demo.yaml\n| corpus | seed | minutes | updates | "

@@ -21,6 +21,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 
+from kwav2vec.data.augment import check_speeds
 from kwav2vec.data.collate import collate_audio, collate_labeled
 from kwav2vec.data.dataset import AudioDataset, LabeledAudioDataset
 from kwav2vec.data.loader import ResumableDataLoader
@@ -213,7 +214,9 @@ class FinetuneDataModule(_BucketedDataModule):
         max_batch_size: optional cap on utterances per batch.
         bucketing: batch utterances of similar length (False: random batches).
         shuffle: shuffle the order of training batches every epoch.
-        seed: seeds batch packing and epoch shuffles.
+        seed: seeds batch packing, epoch shuffles and speed perturbation.
+        speed_perturb: speed perturbation factors of the training audio, one drawn per utterance and
+            epoch, e.g. [0.9, 1.0, 1.1] (Kaldi's; `kwav2vec.data.augment`); None: the audio as read.
         uneven: when batches do not divide over ranks, "pad" repeats a few, "drop" leaves a few out.
         num_workers: DataLoader worker processes.
         pin_memory: DataLoader pin_memory (for GPU training).
@@ -246,9 +249,11 @@ class FinetuneDataModule(_BucketedDataModule):
         pin_memory: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        speed_perturb: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_speeds(speed_perturb)  # a bad factor fails here, before any data is read
         require_manifests(train_manifest=train_manifest, val_manifest=val_manifest)
         folder = Path(train_manifest).parent
         # Loaded now (small files) so the model can size its heads from the datamodule.
@@ -277,6 +282,8 @@ class FinetuneDataModule(_BucketedDataModule):
                 min_sample_size=hp.min_sample_size,
                 geometry=self.geometry,
                 name=f"{split} ({manifest})",
+                speeds=hp.speed_perturb if split == "train" else None,
+                seed=hp.seed,
             )
 
     def test_dataloader(self) -> ResumableDataLoader | list:

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kwav2vec.data.audio import AudioError, load_audio
+from kwav2vec.data.augment import change_speed, check_speeds, draw_speed, length_range
 from kwav2vec.data.manifest import ManifestEntry
 from kwav2vec.models.config import STANDARD_GEOMETRY, FrameGeometry
 
@@ -169,6 +170,10 @@ class LabeledAudioDataset(AudioDataset):
     Utterances whose targets need more CTC frames than the audio yields are dropped as
     "ctc-infeasible" (frames counted with `geometry`), those whose transcript encodes to nothing
     as "empty-target".
+
+    `speeds` (training only): speed perturbation factors, one drawn per item and epoch
+    (`kwav2vec.data.augment`). Feasibility is then judged at the fastest factor (the shortest
+    audio) and batches are sized by the slowest (the longest), so no batch outgrows its cap.
     """
 
     def __init__(
@@ -181,11 +186,16 @@ class LabeledAudioDataset(AudioDataset):
         min_sample_size: int = 0,
         geometry: FrameGeometry = STANDARD_GEOMETRY,
         name: str = "dataset",
+        speeds: Sequence[float] | None = None,
+        seed: int = 0,
     ) -> None:
         self.grapheme_vocab, self.syllable_vocab = grapheme_vocab, syllable_vocab
+        self.speeds = check_speeds(speeds)
         self._targets: list[tuple[np.ndarray, np.ndarray]] = []
         super().__init__(entries, max_sample_size=max_sample_size, min_sample_size=min_sample_size, crop=False,
-                         geometry=geometry, name=name)
+                         seed=seed, geometry=geometry, name=name)
+        if self.speeds:
+            self.sizes = np.array([length_range(e.num_samples, self.speeds)[1] for e in self.entries], dtype=np.int64)
 
     def _filter_more(self, entries: list[ManifestEntry]) -> list[ManifestEntry]:
         kept = []
@@ -203,7 +213,7 @@ class LabeledAudioDataset(AudioDataset):
             if self.grapheme_vocab.unk_id in graphemes:
                 self._leave_out(e, "unnormalized-text")
                 continue
-            frames = self.geometry.num_frames(e.num_samples)
+            frames = self.geometry.num_frames(length_range(e.num_samples, self.speeds)[0])
             if max(ctc_min_frames(graphemes), ctc_min_frames(syllables)) > frames:
                 self._leave_out(e, "ctc-infeasible")
                 continue
@@ -216,6 +226,9 @@ class LabeledAudioDataset(AudioDataset):
         item = super().__getitem__(key)
         if isinstance(item, SkippedItem):
             return item
+        if self.speeds:
+            index, epoch = key if isinstance(key, tuple) else (key, 0)
+            item["audio"] = change_speed(item["audio"], draw_speed(self.speeds, self.seed, epoch, index))
         graphemes, syllables = self._targets[item["index"]]
         item["graphemes"] = torch.from_numpy(graphemes.astype(np.int64))
         item["syllables"] = torch.from_numpy(syllables.astype(np.int64))
