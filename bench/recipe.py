@@ -15,7 +15,7 @@ Stages (each runs the `kwav2vec` CLI through scripts/demo.py, as a user would):
 - `scratch`: the same fine-tuning on the second corpus from a random backbone (same updates), the
   reference the pretrained backbone must not lose to;
 - `long`: the second corpus within 30 CPU-minutes: the same pretraining, then the longer
-  fine-tuning of `conf/finetune/demo_long.yaml` (masking and speed perturbation).
+  fine-tuning of `conf/finetune/demo_long.yaml` (4000 updates with time and channel masking).
 
 "Leaves the plateau": the first logged update at which the fine-tuning loss is below 0.8 times
 its value at the end of warmup (the all-blank plateau sits near that value for as long as the
