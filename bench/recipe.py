@@ -11,7 +11,8 @@ Stages (each runs the `kwav2vec` CLI through scripts/demo.py, as a user would):
   `make demo` budget (the recipes' own max_time caps, 15 minutes in all): CER of every decoder,
   OOV-syllable recovery, the code perplexity over pretraining and the update at which the
   fine-tuning loss leaves the blank plateau; and on dev and test, how many unseen syllables the
-  two heads' n-best lists hold at all (bench/oov_ceiling.py: what any re-ranking could recover);
+  two heads' n-best lists hold at all (bench/oov_ceiling.py: what any re-ranking could recover),
+  also split by whether the unseen syllables' jamo pairs occur in the training texts;
 - `scratch`: the same fine-tuning on the second corpus from a random backbone (same updates), the
   reference the pretrained backbone must not lose to;
 - `long`: the second corpus within 30 CPU-minutes: the same pretraining, then the longer
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 from oov_ceiling import ceiling, fmt  # noqa: E402
 
+from kwav2vec.data.manifest import read_manifest  # noqa: E402
 from kwav2vec.inference.predict import load_finetuner  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
@@ -89,7 +91,8 @@ def nbest_ceilings(out: Path, corpus: Path) -> dict:
     """bench/oov_ceiling.py's figures of the run's fine-tuned model on the corpus's dev and test splits."""
     torch.set_num_threads(2)
     model = load_finetuner(str(out / "finetune" / "checkpoints" / "last.ckpt"))
-    return {split: ceiling(model, corpus / f"{split}.jsonl") for split in ("dev", "test")}
+    train_texts = [e.norm for e in read_manifest(corpus / "train.jsonl", require_norm=True)]
+    return {split: ceiling(model, corpus / f"{split}.jsonl", train_texts=train_texts) for split in ("dev", "test")}
 
 
 def pipeline_figures(out: Path, warmup_fraction: float = 0.1) -> dict:
@@ -128,6 +131,9 @@ def print_pipeline(name: str, fig: dict, minutes: float) -> None:
         print(f"{split}: {c['oov_syllables']} OOV syllables; n-best oracle CER {c['oracle']['cer']:.1f}%, OOV recovery "
               f"of the oracle candidates {fmt(c['oracle']['oov_recovery'])}%, most any re-ranking could recover "
               f"{fmt(c['oov_ceiling'])}% (joint-rescore {fmt(c['rescore']['oov_recovery'])}%)")
+        for name, g in (c.get("oov_by_pairs") or {}).items():
+            print(f"  {g['oov_syllables']} OOV syllables with {name} in training: joint-rescore recovers "
+                  f"{fmt(g['rescore'])}%, greedy-grapheme {fmt(g['greedy_grapheme'])}%, at most {fmt(g['oov_ceiling'])}%")
     sys.stdout.flush()
 
 
