@@ -87,22 +87,21 @@ class Scored:
             self.recovered[name] += oov_recovery_counts([ref], [hyp], known)[0]
 
 
+def syllable_pairs(syllable: str) -> set[tuple[str, str]]:
+    """A Hangul syllable's (initial, medial) and (medial, final) jamo pairs (final "" when it has none)."""
+    initial, medial, *final = decompose(syllable)
+    return {(initial, medial), (medial, "".join(final))}
+
+
 def jamo_pairs(texts: list[str]) -> set[tuple[str, str]]:
-    """The (initial, medial) and (medial, final) jamo pairs of every syllable in `texts` (final ""
-    when the syllable has none): the sound combinations the training audio let a model hear."""
-    pairs = set()
-    for text in texts:
-        for char in text:
-            if is_syllable(char):
-                initial, medial, *final = decompose(char)
-                pairs.update({(initial, medial), (medial, "".join(final))})
-    return pairs
+    """`syllable_pairs` of every syllable in `texts`: the sound combinations the training audio let a
+    model hear."""
+    return {pair for text in texts for char in text if is_syllable(char) for pair in syllable_pairs(char)}
 
 
 def pairs_heard(syllable: str, pairs: set[tuple[str, str]]) -> bool:
-    """Whether both of `syllable`'s jamo pairs (see `jamo_pairs`) occur in `pairs`."""
-    initial, medial, *final = decompose(syllable)
-    return {(initial, medial), (medial, "".join(final))} <= pairs
+    """Whether both of `syllable`'s jamo pairs occur in `pairs`."""
+    return syllable_pairs(syllable) <= pairs
 
 
 def oov_groups(refs: list[str], known: set[str], pairs: set[tuple[str, str]] | None) -> dict[str, set[str]]:
